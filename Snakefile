@@ -1,0 +1,27 @@
+# mowis: motion-aided weakly supervised instance segmentation (two-stream BoxInst on YouTube-VIS 2019).
+# This file only loads and validates the configuration and includes the rules; see workflow/rules/.
+import os
+
+from snakemake.utils import min_version, validate
+
+min_version("9.19")
+
+
+configfile: os.path.join(workflow.basedir, "config.yaml")
+
+
+validate(config, os.path.join(workflow.basedir, "workflow/schemas/config.schema.yaml"))
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/dataset.smk"
+include: "workflow/rules/flow.smk"
+include: "workflow/rules/affinity.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/evaluate.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        final_targets(),

@@ -1,0 +1,1 @@
+"""mowis network, trainer and evaluation: the two-stream CondInst/BoxInst model."""

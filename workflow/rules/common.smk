@@ -1,0 +1,43 @@
+# Path helpers shared by the rules. The only computation in workflow/ lives here.
+import json
+import math
+import os
+
+
+def section(*keys):
+    """The config subsection at `keys`, as canonical JSON (sorted keys) for a rule's params."""
+    node = config
+    for key in keys:
+        node = node[key]
+    return json.dumps(node, sort_keys=True)
+
+
+def dataset_root():
+    """The YouTube-VIS folder: the configured copy, or the synthetic dataset the workflow generates."""
+    root = config["dataset"]["root"]
+    return root if root else "results/synthetic"
+
+
+def annotations():
+    """The dataset's train.json (an existing file, or the synthetic rule's output)."""
+    return os.path.join(dataset_root(), "train.json")
+
+
+def num_videos():
+    """Videos in the dataset, known before any job runs: one folder per video under JPEGImages/."""
+    if not config["dataset"]["root"]:
+        return config["dataset"]["synthetic"]["videos"]
+    frames_dir = os.path.join(config["dataset"]["root"], "JPEGImages")
+    if not os.path.isdir(frames_dir):
+        raise WorkflowError(f"dataset.root: {frames_dir} is not a folder (expected YouTube-VIS 2019 train)")
+    return sum(1 for entry in os.scandir(frames_dir) if entry.is_dir())
+
+
+def shard_ids():
+    """Shard k holds videos [k*S, (k+1)*S) of train.json's videos sorted by id (S = flow.shard_size)."""
+    return list(range(math.ceil(num_videos() / config["flow"]["shard_size"])))
+
+
+def final_targets():
+    """What `snakemake` with no target builds."""
+    return ["results/split/summary.json"]
