@@ -4,13 +4,17 @@ import os
 
 from snakemake.utils import min_version, validate
 
+from pipeline.config import coerce_numbers, load_schema
+
 min_version("9.19")
 
 
 configfile: os.path.join(workflow.basedir, "config.yaml")
 
 
-validate(config, os.path.join(workflow.basedir, "workflow/schemas/config.schema.yaml"))
+SCHEMA = os.path.join(workflow.basedir, "workflow/schemas/config.schema.yaml")
+coerce_numbers(config, load_schema(SCHEMA))
+validate(config, SCHEMA)
 
 
 include: "workflow/rules/common.smk"
