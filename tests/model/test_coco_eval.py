@@ -1,0 +1,73 @@
+"""COCO AP on hand-built cases whose answer is known without pycocotools."""
+
+from __future__ import annotations
+
+import numpy as np
+import pycocotools.mask as mask_utils
+import pytest
+
+from model.coco_eval import evaluate_results, load_coco
+
+
+def _rle(mask: np.ndarray) -> dict:
+    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+    rle["counts"] = rle["counts"].decode("ascii")
+    return rle
+
+
+def _box_mask(h: int, w: int, x: int, y: int, bw: int, bh: int) -> np.ndarray:
+    m = np.zeros((h, w), np.uint8)
+    m[y:y + bh, x:x + bw] = 1
+    return m
+
+
+def _gt() -> dict:
+    """Two 100×100 images; image 1 has a cat (area 2000), image 2 a dog (3000): both medium (32² < a < 96²)."""
+    h = w = 100
+    anns = []
+    for ann_id, (img, cat, box) in enumerate([(1, 1, (10, 10, 50, 40)), (2, 2, (20, 30, 60, 50))], start=1):
+        m = _box_mask(h, w, *box)
+        anns.append({"id": ann_id, "image_id": img, "category_id": cat, "iscrowd": 0,
+                     "bbox": list(map(float, box)), "area": float(m.sum()), "segmentation": _rle(m)})
+    return {"images": [{"id": 1, "width": w, "height": h}, {"id": 2, "width": w, "height": h}],
+            "annotations": anns, "categories": [{"id": 1, "name": "cat"}, {"id": 2, "name": "dog"}]}
+
+
+def _as_results(gt: dict) -> list[dict]:
+    return [{"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"],
+             "segmentation": a["segmentation"], "score": 0.9} for a in gt["annotations"]]
+
+
+@pytest.mark.parametrize("iou_type", ["segm", "bbox"])
+def test_ground_truth_as_predictions_scores_100(iou_type: str) -> None:
+    gt = _gt()
+    m = evaluate_results(load_coco(gt), _as_results(gt), iou_type)
+    assert m["AP"] == pytest.approx(100.0) and m["AP50"] == pytest.approx(100.0)
+    assert m["APm"] == pytest.approx(100.0)
+    assert m["APs"] == 0.0 and m["APl"] == 0.0  # no small or large objects: pycocotools gives -1 → 0
+    assert m["per_class"] == {"cat": pytest.approx(100.0), "dog": pytest.approx(100.0)}
+
+
+def test_known_ap_with_one_missed_class() -> None:
+    """The dog is found, the cat missed: AP = mean over classes = (0 + 100) / 2 = 50 at every threshold."""
+    gt = _gt()
+    res = [r for r in _as_results(gt) if r["category_id"] == 2]
+    m = evaluate_results(load_coco(gt), res, "segm")
+    assert m["AP"] == pytest.approx(50.0) and m["AP75"] == pytest.approx(50.0)
+    assert m["per_class"]["cat"] == 0.0
+
+
+def test_known_ap_from_iou_between_thresholds() -> None:
+    """The cat box shifted right by 10 px: IoU = (40·40) / (2·2000 − 1600) = 2/3, a true positive at the
+    thresholds 0.50–0.65 (4 of 10), so the cat's AP is 40; the dog is exact (100): AP 70, AP50 100, AP75 50."""
+    gt = _gt()
+    res = _as_results(gt)
+    res[0] = dict(res[0], bbox=[20.0, 10.0, 50.0, 40.0])  # GT cat: x 10..60, y 10..50
+    m = evaluate_results(load_coco(gt), res, "bbox")
+    assert m["per_class"]["cat"] == pytest.approx(40.0)
+    assert m["AP"] == pytest.approx(70.0) and m["AP50"] == pytest.approx(100.0) and m["AP75"] == pytest.approx(50.0)
+
+
+def test_no_detections_gives_zeros() -> None:
+    m = evaluate_results(load_coco(_gt()), [], "segm")
+    assert m["AP"] == 0.0 and m["num_detections"] == 0 and m["per_class"]["dog"] == 0.0
