@@ -1,0 +1,124 @@
+"""Shared ResNet backbone (method §4): torchvision ResNet with frozen BN returning C3-C5."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+from urllib.error import URLError
+
+import torch
+import torchvision
+from torch import Tensor, nn
+from torchvision.ops.misc import FrozenBatchNorm2d
+
+Depth = Literal["resnet18", "resnet34", "resnet50", "resnet101"]
+
+# ImageNet statistics for RGB in [0, 255] (torchvision's weights were trained with these on [0, 1]).
+IMAGENET_MEAN_255 = (0.485 * 255.0, 0.456 * 255.0, 0.406 * 255.0)
+IMAGENET_STD_255 = (0.229 * 255.0, 0.224 * 255.0, 0.225 * 255.0)
+
+_BUILDERS = {
+    "resnet18": (torchvision.models.resnet18, torchvision.models.ResNet18_Weights.IMAGENET1K_V1),
+    "resnet34": (torchvision.models.resnet34, torchvision.models.ResNet34_Weights.IMAGENET1K_V1),
+    "resnet50": (torchvision.models.resnet50, torchvision.models.ResNet50_Weights.IMAGENET1K_V1),
+    "resnet101": (torchvision.models.resnet101, torchvision.models.ResNet101_Weights.IMAGENET1K_V1),
+}
+
+# C3, C4, C5 channels: BasicBlock nets (18/34) vs Bottleneck nets (50/101).
+_OUT_CHANNELS = {"resnet18": (128, 256, 512), "resnet34": (128, 256, 512),
+                 "resnet50": (512, 1024, 2048), "resnet101": (512, 1024, 2048)}
+
+
+def imagenet_cache_path(depth: Depth) -> Path:
+    """Where torchvision's weights API looks for (and downloads) the ImageNet file of `depth`."""
+    weights = _BUILDERS[depth][1]
+    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(weights.url)
+
+
+def _imagenet_state_dict(depth: Depth) -> dict[str, Tensor]:
+    """ImageNet weights through torchvision's weights API (cache first, download when online)."""
+    weights = _BUILDERS[depth][1]
+    try:
+        return weights.get_state_dict(progress=False, check_hash=False)
+    except (URLError, OSError, RuntimeError) as err:
+        path = imagenet_cache_path(depth)
+        raise FileNotFoundError(
+            f"model.weights = imagenet: could not load {weights.url} ({err}); on an offline machine put "
+            f"the file at {path} (or set model.weights to a local path, or null)") from err
+
+
+def _local_state_dict(path: str) -> dict[str, Tensor]:
+    """A state dict saved with torch.save, read with weights_only=True; a `state_dict` wrapper is unwrapped."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"model.weights: {path} is not a file (expected a torchvision ResNet "
+                                f"state dict, 'imagenet' or null)")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise ValueError(f"model.weights: {path} holds a {type(state).__name__}, expected a state dict")
+    return state
+
+
+def check_and_load(net: nn.Module, state: dict[str, Tensor], where: str) -> None:
+    """Load `state` into `net` exactly (fc.* and num_batches_tracked ignored); list every mismatch."""
+    own = {k: v for k, v in net.state_dict().items()}
+    given = {k: v for k, v in state.items()
+             if not k.startswith("fc.") and not k.endswith("num_batches_tracked")}
+    missing = sorted(set(own) - set(given))
+    unexpected = sorted(set(given) - set(own))
+    wrong = sorted(f"{k}: file {tuple(given[k].shape)} vs model {tuple(own[k].shape)}"
+                   for k in set(own) & set(given) if tuple(given[k].shape) != tuple(own[k].shape))
+    if missing or unexpected or wrong:
+        parts = []
+        for name, items in (("missing", missing), ("unexpected", unexpected), ("wrongly shaped", wrong)):
+            if items:
+                parts.append(f"{len(items)} {name}: {items[:10]}")
+        raise KeyError(f"{where}: state dict does not match the backbone; " + "; ".join(parts))
+    net.load_state_dict(given, strict=False)  # strictness checked above; fc.* and counters were dropped
+
+
+class ResNetBackbone(nn.Module):
+    """torchvision ResNet with FrozenBatchNorm2d; stem and layer1 frozen; returns C3, C4, C5.
+
+    weights: "imagenet" (torchvision's weights API), a local state-dict file, or None (random init).
+    Input of `forward`: (N, 3, H, W) float, already normalised by `normalize`. Output: C3 (N, c3, H/8, W/8),
+    C4 (N, c4, H/16, W/16), C5 (N, c5, H/32, W/32) with (c3, c4, c5) = `out_channels`.
+    """
+
+    def __init__(self, depth: Depth, weights: str | None):
+        super().__init__()
+        if depth not in _BUILDERS:
+            raise ValueError(f"model.backbone: {depth!r} is not one of {sorted(_BUILDERS)}")
+        net = _BUILDERS[depth][0](weights=None, norm_layer=FrozenBatchNorm2d)
+        if weights == "imagenet":
+            check_and_load(net, _imagenet_state_dict(depth), f"torchvision {depth} ImageNet weights")
+        elif weights is not None:
+            check_and_load(net, _local_state_dict(weights), f"model.weights {weights}")
+        self.stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)
+        self.layer1, self.layer2, self.layer3, self.layer4 = net.layer1, net.layer2, net.layer3, net.layer4
+        for frozen in (self.stem, self.layer1):
+            for p in frozen.parameters():
+                p.requires_grad_(False)
+        self.out_channels: tuple[int, int, int] = _OUT_CHANNELS[depth]
+        self.register_buffer("pixel_mean", torch.tensor(IMAGENET_MEAN_255).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(IMAGENET_STD_255).view(1, 3, 1, 1), persistent=False)
+
+    def normalize(self, rgb_255: Tensor, image_sizes: list[tuple[int, int]]) -> Tensor:
+        """(N, 3, H, W) RGB in [0, 255] -> ImageNet-normalised; the bottom/right padding is set to 0 after."""
+        if rgb_255.dim() != 4 or rgb_255.shape[1] != 3:
+            raise ValueError(f"expected (N, 3, H, W) RGB, got {tuple(rgb_255.shape)}")
+        x = (rgb_255 - self.pixel_mean) / self.pixel_std
+        valid = torch.zeros_like(x[:, :1])
+        for i, (h, w) in enumerate(image_sizes):
+            valid[i, :, :h, :w] = 1.0
+        return x * valid
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(N, 3, H, W) normalised -> C3 (stride 8), C4 (stride 16), C5 (stride 32)."""
+        c2 = self.layer1(self.stem(x))
+        c3 = self.layer2(c2)
+        c4 = self.layer3(c3)
+        c5 = self.layer4(c4)
+        return c3, c4, c5
