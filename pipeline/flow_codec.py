@@ -1,0 +1,151 @@
+"""Optical flow as an RGB image: the Middlebury/Baker colour wheel of GMA's flow_viz (method §2).
+
+Encoding, per frame: (u, v) is divided by (max radius + 1e-5), so every radius is < 1; the hue comes from
+the angle, a = atan2(-v, -u) / pi mapped to a fractional wheel index fk = (a + 1) / 2 * 54, and the
+colour fades to white as the radius goes to 0. The arithmetic follows the official
+`core/utils/flow_viz.py` step by step (float32 flow, float64 wheel), so the bytes are identical.
+
+Decoding is lossy: the absolute scale is gone (per-frame normalisation) and each channel is floored to
+uint8. `hflip_flow_rgb` decodes each pixel to the centre of the set of normalised flows that encode to
+its colour, mirrors it to (-u, v) and encodes it again; see its docstring for the error bound.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+# Segment lengths of the wheel: red-yellow, yellow-green, green-cyan, cyan-blue, blue-magenta, magenta-red.
+SEGMENTS = (("RY", 15), ("YG", 6), ("GC", 4), ("CB", 11), ("BM", 13), ("MR", 6))
+NUM_COLS = sum(n for _, n in SEGMENTS)  # 55 wheel entries; hue index fk spans [0, 54]
+EPSILON = 1e-5  # added to the per-frame max radius
+MAX_FLIP_ERROR = 4  # hflip_flow_rgb: uint8 levels outside the seam band (tested)
+SEAM_BAND_DEG = 0.2  # hflip_flow_rgb: seam band half-width in degrees, times the normalised radius
+
+
+def make_colorwheel() -> np.ndarray:
+    """The (55, 3) float64 wheel, columns R, G, B in [0, 255]; one channel ramps per segment."""
+    wheel = np.zeros((NUM_COLS, 3), np.float64)
+    start = 0
+    # (channel held at 255, channel that ramps, ramp up or down) per segment, in wheel order
+    layout = ((0, 1, True), (1, 0, False), (1, 2, True), (2, 1, False), (2, 0, True), (0, 2, False))
+    for (_, n), (full, ramp, rising) in zip(SEGMENTS, layout):
+        steps = np.floor(255 * np.arange(n) / n)
+        wheel[start:start + n, full] = 255
+        wheel[start:start + n, ramp] = steps if rising else 255 - steps
+        start += n
+    return wheel
+
+
+WHEEL = make_colorwheel()
+
+
+def _hue_index(u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """Fractional wheel index fk in [0, 54] of normalised flow (u, v), same dtype; keeps atan2's signed zeros."""
+    a = np.arctan2(-v, -u) / np.pi
+    return (a + 1) / 2 * (NUM_COLS - 1)
+
+
+def _colors(fk: np.ndarray, rad: np.ndarray) -> np.ndarray:
+    """(..., 3) uint8 colour of hue index fk (...) and radius rad (...), as flow_viz's flow_uv_to_colors."""
+    k0 = np.floor(fk).astype(np.int32)
+    k1 = k0 + 1
+    k1[k1 == NUM_COLS] = 0
+    f = fk - k0
+    out = np.zeros(fk.shape + (3,), np.uint8)
+    inside = rad <= 1
+    for channel in range(3):
+        col0 = WHEEL[k0, channel] / 255.0
+        col1 = WHEEL[k1, channel] / 255.0
+        col = (1 - f) * col0 + f * col1  # float64 (the wheel is float64)
+        col[inside] = 1 - rad[inside] * (1 - col[inside])  # towards white at small radius
+        col[~inside] = col[~inside] * 0.75  # unreachable after normalisation
+        out[..., channel] = np.floor(255 * col)
+    return out
+
+
+def flow_to_rgb(flow: np.ndarray) -> np.ndarray:
+    """Encode flow (H, W, 2) float (u right, v down, pixels) as (H, W, 3) uint8 RGB (method §2).
+
+    Normalised per frame by the maximum radius + 1e-5; all-zero flow is white. Computed in the flow's
+    float dtype (float32 in this project) exactly as the official flow_viz.flow_to_image."""
+    if flow.ndim != 3 or flow.shape[-1] != 2:
+        raise ValueError(f"flow_to_rgb: expected flow of shape (H, W, 2), got {flow.shape}")
+    if not np.issubdtype(flow.dtype, np.floating):
+        raise ValueError(f"flow_to_rgb: expected a float array, got {flow.dtype}")
+    if not np.isfinite(flow).all():
+        raise ValueError(f"flow_to_rgb: flow has {int((~np.isfinite(flow)).sum())} non-finite values")
+    u, v = flow[..., 0], flow[..., 1]
+    rad_max = np.max(np.sqrt(np.square(u) + np.square(v)))
+    u = u / (rad_max + EPSILON)
+    v = v / (rad_max + EPSILON)
+    rad = np.sqrt(np.square(u) + np.square(v))
+    return _colors(_hue_index(u, v), rad)
+
+
+def _segment_tables() -> list[tuple[int, int, int, np.ndarray, np.ndarray]]:
+    """Per segment: (channel at 255, ramping channel, other channel, hue nodes, ramp values / 255).
+
+    Nodes run from the segment's first entry to the next segment's first entry (54 for the last, as fk
+    never exceeds 54); the ramp values are strictly monotone, reversed where needed so they increase."""
+    tables = []
+    start = 0
+    for _, n in SEGMENTS:
+        end = min(start + n, NUM_COLS - 1)
+        nodes = np.arange(start, end + 1, dtype=np.float64)
+        colours = WHEEL[start:end + 1]
+        full = int(np.argmax(colours.min(axis=0)))  # the channel held at 255
+        ramp = int(np.argmax(np.ptp(colours, axis=0)))
+        other = 3 - full - ramp
+        values = colours[:, ramp] / 255.0
+        if values[0] > values[-1]:
+            nodes, values = nodes[::-1], values[::-1]
+        tables.append((full, ramp, other, nodes, values))
+        start += n
+    return tables
+
+
+_TABLES = _segment_tables()
+
+
+def rgb_to_hue_radius(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Decode (..., 3) uint8 RGB to (fk, radius), each (...) float64: the centre of each colour's pre-image.
+
+    The smallest channel is floor(255 (1 - r)); the ramping channel is floor(255 (1 - r (1 - w))) with w
+    the wheel's interpolated value, inverted piecewise linearly to the hue index. White decodes to r = 0."""
+    c = rgb.astype(np.float64)
+    lo = c.min(axis=-1)
+    radius = np.where(lo >= 255, 0.0, 1 - (lo + 0.5) / 255)
+    fk = np.zeros(rgb.shape[:-1], np.float64)
+    best = np.full(rgb.shape[:-1], np.inf)
+    for full, ramp, other, nodes, values in _TABLES:
+        # fit of this segment: the held channel should be 255 and the third channel the smallest
+        misfit = (255 - c[..., full]) + (c[..., other] - lo)
+        s = 1 - (c[..., ramp] + 0.5) / 255  # r (1 - w), centre of its quantisation interval
+        w = np.clip(1 - s / np.maximum(radius, 1e-12), values[0], values[-1])
+        candidate = np.interp(w, values, nodes)
+        take = misfit < best
+        fk = np.where(take, candidate, fk)
+        best = np.where(take, misfit, best)
+    return fk, radius
+
+
+def hflip_flow_rgb(rgb: np.ndarray) -> np.ndarray:
+    """Mirror encoded flow (..., H, W, 3) uint8 left-right and re-colour it to encode (-u, v).
+
+    Mirroring keeps every radius (so the per-frame normalisation) and reflects the hue:
+    fk -> 27 - fk for fk <= 27, 81 - fk above (atan2(y, -x) = +-pi - atan2(y, x)).
+    Bound versus flow_to_rgb(mirrored flow), measured on a dense grid of flows
+    (tests/pipeline/test_flow_codec.py): exact for white and the axis directions, within 1 level for
+    ~97 % of pixels, within 2 for ~99.3 %, and at most MAX_FLIP_ERROR = 4 levels, except in the seam
+    band: pixels whose mirrored flow points within SEAM_BAND_DEG / r degrees of +x (r = normalised
+    radius), where flow_to_rgb itself jumps from (255, 0, 0) to (255, 0, 43); there the decoder may
+    pick the other side. Exactness (or +-1) is impossible from uint8 alone: e.g. a red-yellow hue is
+    known to 1/17 of a wheel step from G, its mirror lands in green-cyan where B moves 64 levels per
+    step, so the pixels sharing one input colour spread over ~4 output levels."""
+    if rgb.ndim < 3 or rgb.shape[-1] != 3 or rgb.dtype != np.uint8:
+        raise ValueError(f"hflip_flow_rgb: expected uint8 (..., H, W, 3), got {rgb.dtype} {rgb.shape}")
+    mirrored = rgb[..., ::-1, :]  # (..., H, W, 3), columns reversed
+    fk, radius = rgb_to_hue_radius(mirrored)
+    fk_flipped = np.where(fk <= 27, 27 - fk, 81 - fk)
+    return _colors(fk_flipped, radius)
+
