@@ -1,0 +1,228 @@
+"""pipeline.ytvis: loading, every malformed-input error, the directory-scan frame check, the subset writer."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pycocotools import mask as mask_utils
+
+from pipeline import ytvis
+from pipeline.ytvis import Rle, YtvisError, compressed_rle_stats, load_ytvis, write_ytvis
+
+
+def edit(root: Path, change) -> None:
+    """Apply `change(data)` to root/train.json in place."""
+    path = root / "train.json"
+    data = json.loads(path.read_text())
+    change(data)
+    path.write_text(json.dumps(data))
+
+
+def video(data: dict, vid: int) -> dict:
+    return next(v for v in data["videos"] if v["id"] == vid)
+
+
+def ann(data: dict, aid: int) -> dict:
+    return next(a for a in data["annotations"] if a["id"] == aid)
+
+
+def test_valid_dataset_loads_into_sorted_records(make_ytvis):
+    root = make_ytvis(videos=4, frames=5, rle="mixed")
+    raw = json.loads((root / "train.json").read_text())
+    ds = load_ytvis(root)
+    assert [v.id for v in ds.videos] == sorted(v["id"] for v in raw["videos"])
+    assert [t.id for t in ds.tracks] == sorted(a["id"] for a in raw["annotations"])
+    assert [c.id for c in ds.categories] == [1, 2, 3]
+    v = ds.video_by_id[101]
+    assert (v.length, v.height, v.width) == (5, 24, 32)
+    assert ds.frame_path(v, 2) == root / "JPEGImages" / "vid000ab" / "00010.jpg"
+    track = ds.tracks[0]
+    raw_track = ann(raw, track.id)
+    for t in range(5):
+        seg = raw_track["segmentations"][t]
+        if seg is None:
+            assert track.segmentations[t] is None and track.bboxes_xywh[t] is None and track.areas[t] is None
+        else:
+            assert track.segmentations[t] == Rle((24, 32), seg["counts"])
+            assert list(track.bboxes_xywh[t]) == raw_track["bboxes"][t]
+            assert track.areas[t] == raw_track["areas"][t]
+    assert sum(len(ts) for ts in ds.tracks_of_video.values()) == len(raw["annotations"])
+
+
+def _set(path: list, value):
+    """A change that sets data[path...] = value; path steps may be ('video', id) or ('ann', id)."""
+    def change(data):
+        node = data
+        for step in path[:-1]:
+            node = video(node, step[1]) if isinstance(step, tuple) and step[0] == "video" else \
+                ann(node, step[1]) if isinstance(step, tuple) else node[step]
+        node[path[-1]] = value
+    return change
+
+
+def _delete(path: list):
+    def change(data):
+        node = data
+        for step in path[:-1]:
+            node = video(node, step[1]) if isinstance(step, tuple) and step[0] == "video" else \
+                ann(node, step[1]) if isinstance(step, tuple) else node[step]
+        del node[path[-1]]
+    return change
+
+
+def _seg(aid: int, t: int, value):
+    """Set segmentations[t] of annotation `aid` (frame 0 of annotation 1000 is present in the fixture)."""
+    def change(data):
+        ann(data, aid)["segmentations"][t] = value
+    return change
+
+
+def _present_seg(data) -> dict:
+    return ann(data, 1000)["segmentations"][0]
+
+
+MALFORMED = {
+    # name: (change, item named, field named)
+    "missing videos": (_delete(["videos"]), "dataset", "videos"),
+    "missing video width": (_delete([("video", 108), "width"]), "video 108", "width"),
+    "missing video file_names": (_delete([("video", 108), "file_names"]), "video 108", "file_names"),
+    "missing annotation bboxes": (_delete([("ann", 1011), "bboxes"]), "annotation 1011", "bboxes"),
+    "missing annotation id": (_delete([("ann", 1011), "id"]), "annotations[", "id"),
+    "missing category name": (lambda d: d["categories"][1].pop("name"), "category 2", "name"),
+    "length differs from file_names": (_set([("video", 108), "length"], 4), "video 108", "file_names"),
+    "segmentations shorter than video": (lambda d: ann(d, 1011)["segmentations"].pop(), "annotation 1011",
+                                         "segmentations"),
+    "areas longer than video": (lambda d: ann(d, 1011)["areas"].append(3), "annotation 1011", "areas"),
+    "bbox where segmentation null": (lambda d: ann(d, 1000)["bboxes"].__setitem__(3, [1, 1, 2, 2]),
+                                     "annotation 1000", "bboxes[3]"),
+    "area where segmentation null": (lambda d: ann(d, 1000)["areas"].__setitem__(3, 4), "annotation 1000",
+                                     "areas[3]"),
+    "segmentation where bbox null": (lambda d: ann(d, 1000)["bboxes"].__setitem__(0, None), "annotation 1000",
+                                     "bboxes[0]"),
+    "unknown category": (_set([("ann", 1011), "category_id"], 41), "annotation 1011", "category_id"),
+    "unknown video": (_set([("ann", 1011), "video_id"], 9999), "annotation 1011", "video_id"),
+    "duplicate video id": (_set([("video", 108), "id"], 101), "video 101", "id"),
+    "duplicate annotation id": (_set([("ann", 1011), "id"], 1000), "annotation 1000", "id"),
+    "duplicate category id": (lambda d: d["categories"][1].__setitem__("id", 1), "category 1", "id"),
+    "absolute file name": (lambda d: video(d, 108)["file_names"].__setitem__(1, "/etc/passwd"), "video 108",
+                           "file_names[1]"),
+    "parent escape": (lambda d: video(d, 108)["file_names"].__setitem__(2, "../../secret.jpg"), "video 108",
+                      "file_names[2]"),
+    "inner parent escape": (lambda d: video(d, 108)["file_names"].__setitem__(0, "vid001ab/../../x.jpg"),
+                            "video 108", "file_names[0]"),
+    "zero width": (_set([("video", 108), "width"], 0), "video 108", "width"),
+    "negative height": (_set([("video", 108), "height"], -24), "video 108", "height"),
+    "zero length": (_set([("video", 108), "length"], 0), "video 108", "length"),
+    "width not an integer": (_set([("video", 108), "width"], "32"), "video 108", "width"),
+    "RLE counts wrong type": (_seg(1000, 0, {"size": [24, 32], "counts": 17}), "annotation 1000",
+                              "segmentations[0]"),
+    "RLE size differs from video": (lambda d: _present_seg(d).__setitem__("size", [32, 24]), "annotation 1000",
+                                    "segmentations[0]"),
+    "RLE string outside alphabet": (lambda d: _present_seg(d).__setitem__("counts", "a~b1"), "annotation 1000",
+                                    "segmentations[0]"),
+    "RLE string cut mid-value": (lambda d: _present_seg(d).__setitem__("counts", _present_seg(d)["counts"] + "a"),
+                                 "annotation 1000", "segmentations[0]"),
+    "RLE list sum wrong": (_seg(1000, 0, {"size": [24, 32], "counts": [100, 20, 3]}), "annotation 1000",
+                           "segmentations[0]"),
+    "RLE list negative run": (_seg(1000, 0, {"size": [24, 32], "counts": [800, -40, 8]}), "annotation 1000",
+                              "segmentations[0]"),
+    "RLE list of floats": (_seg(1000, 0, {"size": [24, 32], "counts": [700.0, 68]}), "annotation 1000",
+                           "segmentations[0]"),
+    "polygon segmentation": (_seg(1000, 0, [[1, 1, 5, 1, 5, 5]]), "annotation 1000", "segmentations[0]"),
+    "box with three numbers": (lambda d: ann(d, 1000)["bboxes"].__setitem__(0, [1, 2, 3]), "annotation 1000",
+                               "bboxes[0]"),
+    "negative area": (lambda d: ann(d, 1000)["areas"].__setitem__(0, -5), "annotation 1000", "areas[0]"),
+    "iscrowd not 0/1": (_set([("ann", 1011), "iscrowd"], 2), "annotation 1011", "iscrowd"),
+}
+
+
+@pytest.mark.parametrize("name", list(MALFORMED))
+def test_malformed_input_names_file_item_and_field(make_ytvis, name):
+    change, item, field = MALFORMED[name]
+    root = make_ytvis(videos=2, frames=5, rle="str")
+    edit(root, change)
+    with pytest.raises(YtvisError) as info:
+        load_ytvis(root)
+    err = info.value
+    assert isinstance(err, ValueError)
+    assert str(root / "train.json") in str(err)
+    assert item in err.item, (err.item, str(err))
+    assert field in err.field or field == err.field, (err.field, str(err))
+    assert f"'{err.field}'" in str(err) and err.item in str(err)
+
+
+def test_missing_frame_file_is_named(make_ytvis):
+    root = make_ytvis(videos=3, frames=4)
+    os.remove(root / "JPEGImages" / "vid001ab" / "00010.jpg")
+    with pytest.raises(YtvisError, match=r"video 108: field 'file_names\[2\]'.*vid001ab/00010.jpg"):
+        load_ytvis(root)
+    assert load_ytvis(root, check_files=False).video_by_id[108].length == 4
+
+
+def test_missing_frame_folder_and_missing_annotation_file(make_ytvis, tmp_path):
+    root = make_ytvis(videos=3, frames=4)
+    (root / "JPEGImages" / "vid002ab").rename(root / "elsewhere")
+    with pytest.raises(YtvisError, match=r"video 115: field 'file_names\[0\]'"):
+        load_ytvis(root)
+    with pytest.raises(YtvisError, match="does not exist"):
+        load_ytvis(tmp_path / "nothing")
+    (root / "broken.json").write_text("{")
+    with pytest.raises(YtvisError, match="not valid JSON"):
+        load_ytvis(root, "broken.json")
+
+
+def test_frame_check_scans_each_folder_once(make_ytvis, monkeypatch):
+    root = make_ytvis(videos=5, frames=6)
+    calls = []
+    real = os.scandir
+
+    def counting(path):
+        calls.append(Path(path).name)
+        return real(path)
+
+    monkeypatch.setattr(ytvis.os, "scandir", counting)
+    load_ytvis(root)
+    assert sorted(calls) == [f"vid{k:03d}ab" for k in range(5)]
+
+
+def test_writer_round_trips_a_subset(make_ytvis, tmp_path):
+    root = make_ytvis(videos=4, frames=5, rle="mixed")
+    ds = load_ytvis(root)
+    out = tmp_path / "out" / "subset.json"
+    write_ytvis(ds, [115, 101], out)
+    assert sorted(p.name for p in out.parent.iterdir()) == ["subset.json"]  # no temporary left behind
+    sub = load_ytvis(root, out)
+    assert [v.id for v in sub.videos] == [101, 115]
+    assert sub.videos == tuple(v for v in ds.videos if v.id in (101, 115))
+    assert sub.tracks == tuple(t for t in ds.tracks if t.video_id in (101, 115))
+    assert sub.categories == ds.categories and sub.info == ds.info
+    with pytest.raises(KeyError, match="9999"):
+        write_ytvis(ds, [101, 9999], tmp_path / "out" / "bad.json")
+    assert not (tmp_path / "out" / "bad.json").exists()
+
+
+def test_compressed_rle_stats_match_pycocotools_decoding():
+    rng = np.random.default_rng(1)
+    strings, totals, smallest = [], [], []
+    for i in range(60):
+        h, w = (int(x) for x in rng.integers(1, 90, 2))
+        m = (rng.random((h, w)) < [0.0, 1.0, 0.02, 0.5, 0.97][i % 5]).astype(np.uint8)
+        if i == 7:
+            m = np.zeros((700, 1300), np.uint8)  # one long run: multi-character values
+            m[650:, 1200:] = 1
+        strings.append(mask_utils.encode(np.asfortranarray(m))["counts"].decode("ascii"))
+        flat = m.ravel(order="F")  # brute-force run lengths
+        runs, start, value = [], 0, 0
+        for p in range(flat.size + 1):
+            if p == flat.size or flat[p] != value:
+                runs.append(p - start)
+                start, value = p, 1 - value
+        totals.append(sum(runs))
+        smallest.append(min(runs))
+    got_totals, got_smallest = compressed_rle_stats(strings)
+    assert got_totals.tolist() == totals
+    assert got_smallest.tolist() == smallest
