@@ -1,0 +1,265 @@
+"""Pairwise affinities (method §3): Lab-colour and flow neighbour masks on the stride-4 grid, bit-packed.
+
+Conventions used throughout this module:
+- The grid of a frame of H×W pixels has (ceil(H/4), ceil(W/4)) cells; cell (r, c) averages pixel rows
+  4r..4r+3 and columns 4c..4c+3 that exist (a partial cell at the bottom or right edge averages only its
+  own pixels). Its sample point, for validity, is pixel (4r+2, 4c+2), as AdelaiDet samples its masks at
+  offset stride // 2 = 2.
+- Neighbour k of cell (r, c) is cell (r + dy, c + dx) with (dy, dx) = NEIGHBOUR_OFFSETS[k]: the 3×3 kernel
+  of dilation 2 in row-major order with the centre removed (BoxInst's "unfold without centre").
+- A packed mask is uint8 (…, h, w) with bit k (value 1 << k) set iff the pair (cell, neighbour k) is
+  similar and the neighbour is a valid cell. Invalid neighbours: outside the frame, or in the bottom
+  `bottom_rows` pixel rows of the original frame (BoxInst removes them as unreliable; only the neighbour
+  side is masked, as AdelaiDet does — the centre side is the trainer's box mask).
+
+The CLI (`python -m pipeline.affinity`) computes both masks for every frame of one shard and writes them
+to one Zarr v3 store (docs/design.md, "Stores").
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+GRID_STRIDE = 4
+
+NEIGHBOUR_OFFSETS: tuple[tuple[int, int], ...] = tuple(
+    (dy, dx) for dy in (-2, 0, 2) for dx in (-2, 0, 2) if (dy, dx) != (0, 0))
+"""(dy, dx) on the stride-4 grid of neighbour k = 0..7: row-major {−2, 0, 2}² without the centre."""
+
+HFLIP_NEIGHBOURS: tuple[int, ...] = tuple(NEIGHBOUR_OFFSETS.index((dy, -dx)) for dy, dx in NEIGHBOUR_OFFSETS)
+"""Neighbour k of a mirrored grid is neighbour HFLIP_NEIGHBOURS[k] of the original: (dy, dx) -> (dy, −dx)."""
+
+# Constants of skimage.color.rgb2lab (sRGB, D65, 2° observer), from the sRGB and CIE formulas.
+_XYZ_FROM_RGB = np.array([[0.412453, 0.357580, 0.180423],
+                          [0.212671, 0.715160, 0.072169],
+                          [0.019334, 0.119193, 0.950227]])
+_WHITE_D65 = np.array([0.95047, 1.0, 1.08883])
+
+
+def _srgb_to_linear(values: np.ndarray) -> np.ndarray:
+    """Inverse sRGB companding of values in [0, 1]: ((v + 0.055) / 1.055)^2.4 above 0.04045, else v / 12.92."""
+    return np.where(values > 0.04045, ((values + 0.055) / 1.055) ** 2.4, values / 12.92)
+
+
+# (256,) float64: linear RGB of every uint8 level (uint8 input has only 256 values per channel).
+_LINEAR_OF_UINT8 = _srgb_to_linear(np.arange(256, dtype=np.float64) / 255.0)
+
+
+def rgb_to_lab(rgb: np.ndarray) -> np.ndarray:
+    """CIE Lab of uint8 sRGB (H, W, 3), as skimage.color.rgb2lab computes it: float32 (H, W, 3), L in [0, 100].
+
+    sRGB linearisation (threshold 0.04045), the sRGB→XYZ matrix, XYZ / D65 white (0.95047, 1, 1.08883),
+    f(t) = t^(1/3) above 0.008856 else 7.787 t + 16/116; L = 116 f_y − 16, a = 500 (f_x − f_y),
+    b = 200 (f_y − f_z). Computed in float64 and returned as float32.
+    """
+    if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[-1] != 3:
+        raise ValueError(f"rgb_to_lab expects uint8 (H, W, 3), got {rgb.dtype} {rgb.shape}")
+    linear = _LINEAR_OF_UINT8[rgb]                               # (H, W, 3) float64
+    xyz = linear @ (_XYZ_FROM_RGB.T / _WHITE_D65)                # (H, W, 3), white-normalised
+    f = np.where(xyz > 0.008856, np.cbrt(xyz), 7.787 * xyz + 16.0 / 116.0)
+    lab = np.empty(rgb.shape, dtype=np.float32)
+    lab[..., 0] = 116.0 * f[..., 1] - 16.0
+    lab[..., 1] = 500.0 * (f[..., 0] - f[..., 1])
+    lab[..., 2] = 200.0 * (f[..., 1] - f[..., 2])
+    return lab
+
+
+def grid_shape(height: int, width: int) -> tuple[int, int]:
+    """(h, w) = (ceil(H / 4), ceil(W / 4)) of the stride-4 grid of an H×W frame."""
+    return math.ceil(height / GRID_STRIDE), math.ceil(width / GRID_STRIDE)
+
+
+def pool_sum_counts(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-cell sums of a uint8 (H, W, C) image over 4×4 cells: int32 (h, w, C), and pixel counts (h, w, 1)."""
+    height, width = image.shape[:2]
+    h, w = grid_shape(height, width)
+    padded = np.zeros((h * GRID_STRIDE, w * GRID_STRIDE, image.shape[2]), dtype=np.uint16)
+    padded[:height, :width] = image
+    rows = padded[0::4] + padded[1::4] + padded[2::4] + padded[3::4]          # (h, 4w, C) ≤ 1020
+    sums = (rows[:, 0::4] + rows[:, 1::4] + rows[:, 2::4] + rows[:, 3::4]).astype(np.int32)  # (h, w, C)
+    row_counts = np.minimum(height - GRID_STRIDE * np.arange(h), GRID_STRIDE)
+    col_counts = np.minimum(width - GRID_STRIDE * np.arange(w), GRID_STRIDE)
+    counts = (row_counts[:, None] * col_counts[None, :]).astype(np.int32)[..., None]  # (h, w, 1)
+    return sums, counts
+
+
+def pool_rgb_uint8(image: np.ndarray) -> np.ndarray:
+    """4×4 average pool of uint8 (H, W, 3), truncated to uint8 as AdelaiDet's `.byte()`: (h, w, 3) uint8."""
+    sums, counts = pool_sum_counts(image)
+    return (sums // counts).astype(np.uint8)
+
+
+def pool_unit(image: np.ndarray) -> np.ndarray:
+    """4×4 average pool of uint8 (H, W, C) scaled to [0, 1]: float32 (h, w, C) = mean / 255."""
+    sums, counts = pool_sum_counts(image)
+    return (sums.astype(np.float32) / (counts.astype(np.float32) * np.float32(255.0))).astype(np.float32)
+
+
+def _overlap(offset: int, size: int) -> tuple[slice, slice]:
+    """Slices (centres, neighbours) along one axis of length `size` for a neighbour at `offset`."""
+    return slice(max(0, -offset), size - max(0, offset)), slice(max(0, offset), size + min(0, offset))
+
+
+def neighbour_similarity(features: np.ndarray, theta: float) -> np.ndarray:
+    """S[k, y, x] = exp(−‖f[:, y, x] − f[:, y+dy_k, x+dx_k]‖₂ / θ) for features (C, H, W): float32 (8, H, W).
+
+    (dy_k, dx_k) = NEIGHBOUR_OFFSETS[k]; S = 0 where the neighbour lies outside the frame.
+    """
+    if features.ndim != 3:
+        raise ValueError(f"neighbour_similarity expects features (C, H, W), got shape {features.shape}")
+    if not theta > 0:
+        raise ValueError(f"neighbour_similarity: theta must be > 0, got {theta}")
+    features = features.astype(np.float32, copy=False)
+    _, height, width = features.shape
+    similarity = np.zeros((len(NEIGHBOUR_OFFSETS), height, width), dtype=np.float32)
+    for k, (dy, dx) in enumerate(NEIGHBOUR_OFFSETS):
+        ys, ys_n = _overlap(dy, height)
+        xs, xs_n = _overlap(dx, width)
+        diff = features[:, ys, xs] - features[:, ys_n, xs_n]           # (C, h', w')
+        distance = np.sqrt(np.einsum("chw,chw->hw", diff, diff))      # (h', w')
+        similarity[k, ys, xs] = np.exp(-distance / np.float32(theta))
+    return similarity
+
+
+def valid_cells(height: int, width: int, bottom_rows: int) -> np.ndarray:
+    """(h, w) bool grid of an H×W frame: cell (r, c) is valid iff its sample pixel (4r+2, 4c+2) lies in the
+    frame above the bottom `bottom_rows` rows, i.e. 4r+2 < H − bottom_rows and 4c+2 < W."""
+    if bottom_rows < 0:
+        raise ValueError(f"bottom_rows must be ≥ 0, got {bottom_rows}")
+    h, w = grid_shape(height, width)
+    sample = GRID_STRIDE * np.arange(max(h, w)) + GRID_STRIDE // 2
+    return (sample[:h, None] < height - bottom_rows) & (sample[None, :w] < width)
+
+
+def neighbour_valid(valid: np.ndarray) -> np.ndarray:
+    """(8, h, w) bool: neighbour k of each cell lies inside the grid and is a valid cell of `valid` (h, w)."""
+    height, width = valid.shape
+    out = np.zeros((len(NEIGHBOUR_OFFSETS), height, width), dtype=bool)
+    for k, (dy, dx) in enumerate(NEIGHBOUR_OFFSETS):
+        ys, ys_n = _overlap(dy, height)
+        xs, xs_n = _overlap(dx, width)
+        out[k, ys, xs] = valid[ys_n, xs_n]
+    return out
+
+
+def pack_bits(mask: np.ndarray) -> np.ndarray:
+    """Pack bool (…, 8, H, W) into uint8 (…, H, W) with bit k (value 1 << k) = mask[…, k, :, :]."""
+    if mask.ndim < 3 or mask.shape[-3] != len(NEIGHBOUR_OFFSETS):
+        raise ValueError(f"pack_bits expects (…, 8, H, W), got shape {mask.shape}")
+    packed = np.packbits(mask.astype(bool, copy=False), axis=-3, bitorder="little")  # (…, 1, H, W)
+    return packed[..., 0, :, :]
+
+
+def unpack_bits(packed: np.ndarray) -> np.ndarray:
+    """Unpack uint8 (…, H, W) into bool (…, 8, H, W), the inverse of pack_bits."""
+    if packed.dtype != np.uint8 or packed.ndim < 2:
+        raise ValueError(f"unpack_bits expects uint8 (…, H, W), got {packed.dtype} {packed.shape}")
+    bits = np.unpackbits(packed[..., None, :, :], axis=-3, count=8, bitorder="little")  # (…, 8, H, W)
+    return bits.view(bool)
+
+
+# (256,) uint8: the packed byte of a mirrored cell, from the byte of the original cell.
+_HFLIP_BYTE = pack_bits(unpack_bits(np.arange(256, dtype=np.uint8)[None, :])[list(HFLIP_NEIGHBOURS)])[0]
+
+
+def hflip_packed(packed: np.ndarray) -> np.ndarray:
+    """Packed masks (…, h, w) of the horizontally flipped frame: mirror the columns, permute the bits.
+
+    Bit k of output cell (r, c) is bit HFLIP_NEIGHBOURS[k] of input cell (r, w−1−c); an involution.
+    Invariant: for a frame whose width is a multiple of 4 (so that 4×4 cells mirror onto cells),
+    hflip_packed(color_masks(frame)) == color_masks(frame[:, ::-1]) bit for bit, and likewise for flow
+    masks whenever the flipped flow image is the mirrored image (vertical motion). For general motion the
+    flipped flow image re-colours (−u, v) (pipeline.flow_codec.hflip_flow_rgb), and the colour wheel is not
+    mirror-symmetric in RGB distance, so recomputing would change a few percent of the pairs; flipping the
+    stored masks keeps the motion similarity of each mirrored pixel pair, which is what the loss needs.
+    """
+    if packed.dtype != np.uint8 or packed.ndim < 2:
+        raise ValueError(f"hflip_packed expects uint8 (…, h, w), got {packed.dtype} {packed.shape}")
+    return _HFLIP_BYTE[packed[..., ::-1]]
+
+
+def nearest_indices(size_in: int, size_out: int) -> np.ndarray:
+    """Source index of each of `size_out` cells, centre-aligned nearest: floor((i + 0.5) · in / out)."""
+    return np.minimum(((np.arange(size_out) + 0.5) * size_in / size_out).astype(np.int64), size_in - 1)
+
+
+def resize_packed(packed: np.ndarray, out_hw: tuple[int, int]) -> np.ndarray:
+    """Packed masks (…, h, w) resampled to (…, H', W') by centre-aligned nearest neighbour on the grid.
+
+    Invariant: every output cell carries the byte of the input cell nearest to its centre
+    (`nearest_indices`), bits unchanged; the bits still name grid neighbours at ±2 cells, which after a
+    resize by s correspond to ±8/s original pixels — the approximation AdelaiDet makes too when it
+    computes masks on the resized image. Bottom-row invalidity scales with the image; resizing to the
+    input size is the identity.
+    """
+    if packed.dtype != np.uint8 or packed.ndim < 2:
+        raise ValueError(f"resize_packed expects uint8 (…, h, w), got {packed.dtype} {packed.shape}")
+    out_h, out_w = out_hw
+    if out_h < 1 or out_w < 1:
+        raise ValueError(f"resize_packed: output size must be positive, got {out_hw}")
+    rows = nearest_indices(packed.shape[-2], out_h)
+    cols = nearest_indices(packed.shape[-1], out_w)
+    return packed[..., rows[:, None], cols[None, :]]
+
+
+@dataclass(frozen=True)
+class AffinityParams:
+    """The `affinity` config section (method §3)."""
+
+    theta_color: float  # θ_color of S_color = exp(−‖Δ Lab‖ / θ_color)
+    tau_color: float  # τ_color: M_color = [S_color ≥ τ_color]
+    theta_flow: float  # θ_flow of S_flow = exp(−‖Δ flow RGB/255‖ / θ_flow)
+    tau_flow: float  # τ_flow: M_flow = [S_flow ≥ τ_flow]
+    bottom_rows: int  # rows at the bottom of the original frame that are invalid neighbours
+
+    def __post_init__(self) -> None:
+        """Check types and ranges, naming the config field."""
+        for name in ("theta_color", "tau_color", "theta_flow", "tau_flow"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ValueError(f"affinity.{name}: expected a number, got {value!r}")
+        for name in ("theta_color", "theta_flow"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"affinity.{name}: must be > 0, got {getattr(self, name)}")
+        for name in ("tau_color", "tau_flow"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"affinity.{name}: must be in [0, 1], got {getattr(self, name)}")
+        if isinstance(self.bottom_rows, bool) or not isinstance(self.bottom_rows, int) or self.bottom_rows < 0:
+            raise ValueError(f"affinity.bottom_rows: expected an integer ≥ 0, got {self.bottom_rows!r}")
+
+
+def similarity_masks(features: np.ndarray, theta: float, tau: float, valid: np.ndarray) -> np.ndarray:
+    """Packed uint8 (h, w): bit k = [S_k ≥ τ] and neighbour k valid, for features (C, h, w), valid (h, w)."""
+    mask = (neighbour_similarity(features, theta) >= np.float32(tau)) & neighbour_valid(valid)
+    return pack_bits(mask)
+
+
+def color_masks(frame: np.ndarray, theta: float, tau: float, bottom_rows: int) -> np.ndarray:
+    """Packed colour masks (h, w) uint8 of an RGB uint8 frame (H, W, 3): pool 4×4 (truncated), Lab, threshold."""
+    lab = rgb_to_lab(pool_rgb_uint8(frame))                        # (h, w, 3)
+    valid = valid_cells(frame.shape[0], frame.shape[1], bottom_rows)
+    return similarity_masks(lab.transpose(2, 0, 1), theta, tau, valid)
+
+
+def flow_masks(flow_rgb: np.ndarray, theta: float, tau: float, bottom_rows: int) -> np.ndarray:
+    """Packed flow masks (h, w) uint8 of an RGB-encoded flow uint8 (H, W, 3): pool 4×4 to [0, 1], threshold."""
+    unit = pool_unit(flow_rgb)                                     # (h, w, 3) in [0, 1]
+    valid = valid_cells(flow_rgb.shape[0], flow_rgb.shape[1], bottom_rows)
+    return similarity_masks(unit.transpose(2, 0, 1), theta, tau, valid)
+
+
+def frame_masks(frame: np.ndarray, flow_rgb: np.ndarray, params: AffinityParams) -> tuple[np.ndarray, np.ndarray]:
+    """(colour, flow) packed masks, each uint8 (ceil(H/4), ceil(W/4)), of one frame and its RGB flow (H, W, 3)."""
+    if frame.shape != flow_rgb.shape or frame.ndim != 3 or frame.shape[2] != 3:
+        raise ValueError(f"frame_masks: frame {frame.shape} and flow {flow_rgb.shape} must both be (H, W, 3)")
+    return (color_masks(frame, params.theta_color, params.tau_color, params.bottom_rows),
+            flow_masks(flow_rgb, params.theta_flow, params.tau_flow, params.bottom_rows))

@@ -1,0 +1,273 @@
+"""Tests of pipeline/affinity.py: Lab, neighbour similarity, bit packing, validity, flip and resize."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipeline import affinity as aff
+from pipeline.io import params_from_json
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def blocky_frame(height: int, width: int, seed: int, block: int = 20) -> np.ndarray:
+    """uint8 (H, W, 3): flat colour blocks plus mild noise, so masks are neither all set nor all clear."""
+    rng = np.random.default_rng(seed)
+    coarse = rng.integers(0, 256, (math.ceil(height / block), math.ceil(width / block), 3))
+    frame = np.repeat(np.repeat(coarse, block, axis=0), block, axis=1)[:height, :width]
+    return np.clip(frame + rng.integers(-3, 4, frame.shape), 0, 255).astype(np.uint8)
+
+
+def brute_similarity(features: np.ndarray, theta: float) -> np.ndarray:
+    """Double loop over cells and neighbours, float64: exp(−‖f_i − f_k‖ / θ), 0 outside the frame."""
+    _, height, width = features.shape
+    out = np.zeros((8, height, width))
+    offsets = [(dy, dx) for dy in (-2, 0, 2) for dx in (-2, 0, 2) if (dy, dx) != (0, 0)]
+    for y in range(height):
+        for x in range(width):
+            for k, (dy, dx) in enumerate(offsets):
+                ny, nx = y + dy, x + dx
+                if 0 <= ny < height and 0 <= nx < width:
+                    d = math.sqrt(sum((float(features[c, y, x]) - float(features[c, ny, nx])) ** 2
+                                      for c in range(features.shape[0])))
+                    out[k, y, x] = math.exp(-d / theta)
+    return out
+
+
+def test_neighbour_offsets_row_major_without_centre():
+    assert aff.NEIGHBOUR_OFFSETS == ((-2, -2), (-2, 0), (-2, 2), (0, -2), (0, 2), (2, -2), (2, 0), (2, 2))
+    assert aff.HFLIP_NEIGHBOURS == (2, 1, 0, 4, 3, 7, 6, 5)
+
+
+@pytest.mark.parametrize("channels,height,width", [(3, 7, 9), (1, 3, 2), (2, 1, 5)])
+def test_similarity_equals_double_loop(channels, height, width):
+    rng = np.random.default_rng(height * 10 + width)
+    features = rng.normal(0, 1.5, (channels, height, width)).astype(np.float32)
+    got = aff.neighbour_similarity(features, theta=0.7)
+    assert got.dtype == np.float32 and got.shape == (8, height, width)
+    np.testing.assert_allclose(got, brute_similarity(features, 0.7), rtol=2e-6, atol=1e-7)
+
+
+def test_pack_unpack_round_trip_and_bit_order():
+    rng = np.random.default_rng(1)
+    mask = rng.random((2, 3, 8, 5, 7)) < 0.5
+    packed = aff.pack_bits(mask)
+    assert packed.dtype == np.uint8 and packed.shape == (2, 3, 5, 7)
+    assert np.array_equal(aff.unpack_bits(packed), mask)
+    every_byte = np.arange(256, dtype=np.uint8).reshape(16, 16)
+    assert np.array_equal(aff.pack_bits(aff.unpack_bits(every_byte)), every_byte)
+    for k in range(8):
+        one = np.zeros((8, 2, 3), dtype=bool)
+        one[k, 1, 2] = True
+        assert aff.pack_bits(one)[1, 2] == 1 << k and aff.pack_bits(one).sum() == 1 << k
+    # 0b1010_0101 = neighbours 0, 2, 5, 7 (the four diagonals)
+    assert aff.unpack_bits(np.array([[0b10100101]], np.uint8))[:, 0, 0].tolist() == [
+        True, False, True, False, False, True, False, True]
+
+
+# (R, G, B) -> (L, a, b), worked out from the formulas of rgb_to_lab's docstring by hand (scalar Python):
+# white: linear 1 -> XYZ = row sums of the sRGB matrix (0.950456, 1.0, 1.088754) / white, cube roots.
+# black: every f = 16/116, L = 116·16/116 − 16 = 0. grey 10: 10/255 < 0.04045 and Y < 0.008856, so both
+# linear branches: L = 116 · 7.787 · (10/255/12.92) = 2.7417.
+HAND_LAB = [
+    ((255, 255, 255), (100.0, -0.002455, 0.004653)),
+    ((0, 0, 0), (0.0, 0.0, 0.0)),
+    ((255, 0, 0), (53.240588, 80.092308, 67.202751)),
+    ((0, 0, 255), (32.295673, 79.185591, -107.857300)),
+    ((128, 128, 128), (53.585013, -0.001473, 0.002791)),
+    ((10, 10, 10), (2.741735, -0.000174, 0.000330)),
+]
+
+
+def test_rgb_to_lab_hand_values():
+    rgb = np.array([[c for c, _ in HAND_LAB]], dtype=np.uint8)       # (1, 6, 3)
+    lab = aff.rgb_to_lab(rgb)
+    assert lab.dtype == np.float32 and lab.shape == (1, 6, 3)
+    np.testing.assert_allclose(lab[0], np.array([v for _, v in HAND_LAB]), atol=1e-3)
+
+
+def test_rgb_to_lab_matches_skimage():
+    color = pytest.importorskip("skimage.color")
+    rng = np.random.default_rng(2)
+    rgb = rng.integers(0, 256, (64, 80, 3), dtype=np.uint8)
+    np.testing.assert_allclose(aff.rgb_to_lab(rgb), color.rgb2lab(rgb), atol=1e-4)
+    grid = np.stack(np.meshgrid(np.arange(256), np.arange(256), indexing="ij"), -1)  # every (R, G)
+    for blue in (0, 37, 128, 255):
+        every = np.concatenate([grid, np.full((256, 256, 1), blue)], -1).astype(np.uint8)
+        np.testing.assert_allclose(aff.rgb_to_lab(every), color.rgb2lab(every), atol=1e-4)
+
+
+def test_rgb_to_lab_rejects_float():
+    with pytest.raises(ValueError, match="uint8"):
+        aff.rgb_to_lab(np.zeros((2, 2, 3), np.float32))
+
+
+@pytest.mark.parametrize("height,width", [(8, 12), (10, 13), (1, 1)])
+def test_pooling_equals_loop_and_truncates(height, width):
+    rng = np.random.default_rng(height + width)
+    image = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+    got_u8, got_unit = aff.pool_rgb_uint8(image), aff.pool_unit(image)
+    h, w = math.ceil(height / 4), math.ceil(width / 4)
+    assert got_u8.shape == got_unit.shape == (h, w, 3)
+    for r in range(h):
+        for c in range(w):
+            cell = image[4 * r:4 * r + 4, 4 * c:4 * c + 4].reshape(-1, 3).astype(np.float64)
+            assert np.array_equal(got_u8[r, c], np.floor(cell.mean(0)))
+            np.testing.assert_allclose(got_unit[r, c], cell.mean(0) / 255, rtol=1e-6)
+    cell = np.full((4, 4, 3), 127, np.uint8)
+    cell[0, :3] = 128                                               # mean 127.1875 -> 127 (truncated)
+    assert aff.pool_rgb_uint8(cell)[0, 0].tolist() == [127, 127, 127]
+
+
+def brute_masks(image: np.ndarray, theta: float, tau: float, bottom_rows: int, lab: bool) -> np.ndarray:
+    """The packed masks by loops: pool per cell, per-pair similarity, sample-point validity, bit sum."""
+    height, width = image.shape[:2]
+    h, w = math.ceil(height / 4), math.ceil(width / 4)
+    feats = np.zeros((h, w, 3))
+    for r in range(h):
+        for c in range(w):
+            mean = image[4 * r:4 * r + 4, 4 * c:4 * c + 4].reshape(-1, 3).astype(np.float64).mean(0)
+            feats[r, c] = aff.rgb_to_lab(np.floor(mean).astype(np.uint8)[None, None])[0, 0] if lab else mean / 255
+    out = np.zeros((h, w), np.uint8)
+    for r in range(h):
+        for c in range(w):
+            for k, (dy, dx) in enumerate(aff.NEIGHBOUR_OFFSETS):
+                nr, nc = r + dy, c + dx
+                if not (0 <= nr < h and 0 <= nc < w):
+                    continue
+                if not (4 * nr + 2 < height - bottom_rows and 4 * nc + 2 < width):
+                    continue
+                if math.exp(-np.linalg.norm(feats[r, c] - feats[nr, nc]) / theta) >= tau:
+                    out[r, c] |= 1 << k
+    return out
+
+
+@pytest.mark.parametrize("height,width", [(48, 64), (45, 50)])
+def test_frame_masks_equal_brute_force(height, width):
+    frame = blocky_frame(height, width, seed=3)
+    flow = blocky_frame(height, width, seed=4)
+    params = aff.AffinityParams(theta_color=2.0, tau_color=0.3, theta_flow=0.5, tau_flow=0.6, bottom_rows=10)
+    color, flow_m = aff.frame_masks(frame, flow, params)
+    assert color.shape == flow_m.shape == (math.ceil(height / 4), math.ceil(width / 4))
+    assert np.array_equal(color, brute_masks(frame, 2.0, 0.3, 10, lab=True))
+    assert np.array_equal(flow_m, brute_masks(flow, 0.5, 0.6, 10, lab=False))
+    for packed in (color, flow_m):                                  # masks are informative, not trivial
+        assert 0.1 < aff.unpack_bits(packed).mean() < 0.9
+
+
+def test_borders_and_bottom_rows_give_no_pairs():
+    # A uniform frame makes every similarity 1, so the set bits are exactly the valid neighbours.
+    frame = np.full((40, 48, 3), 90, np.uint8)                       # grid 10×12
+    color = aff.color_masks(frame, theta=2.0, tau=0.3, bottom_rows=10)
+    # Valid rows: sample 4r+2 < 40−10 -> r ≤ 6. Top-left cell: only (0,2), (2,0), (2,2) -> bits 4, 6, 7.
+    assert color[0, 0] == (1 << 4) | (1 << 6) | (1 << 7)
+    # Interior cell two rows above the invalid band: all 8 neighbours.
+    assert color[4, 5] == 0xFF
+    # Row 5: its neighbours at dy = +2 are in row 7, invalid -> bits 5, 6, 7 clear.
+    assert color[5, 5] == 0xFF & ~((1 << 5) | (1 << 6) | (1 << 7))
+    # Bottom-right cell (9, 11): (−2,−2), (−2,0) valid (row 7 is invalid, row 7 = 9−2) -> no pairs at all.
+    assert color[9, 11] == 0
+    bits = aff.unpack_bits(color)                                    # (8, 10, 12)
+    for k, (dy, dx) in enumerate(aff.NEIGHBOUR_OFFSETS):
+        rows = np.arange(10)[:, None] + dy
+        cols = np.arange(12)[None, :] + dx
+        expected = (rows >= 0) & (rows <= 6) & (cols >= 0) & (cols < 12)
+        assert np.array_equal(bits[k], expected), k
+    # τ = 0 accepts every similarity, still no pair leaves the frame or lands in the bottom rows.
+    noisy = np.random.default_rng(5).integers(0, 256, (40, 48, 3), dtype=np.uint8)
+    assert np.array_equal(aff.flow_masks(noisy, theta=0.5, tau=0.0, bottom_rows=10), color)
+    # Partial cells: W = 45 -> 12 columns, the last one samples column 46 ≥ 45 and is never a neighbour.
+    partial = aff.unpack_bits(aff.color_masks(np.full((40, 45, 3), 90, np.uint8), 2.0, 0.3, 0))
+    assert not partial[[2, 4, 7], :, 9].any() and partial[[2, 4, 7], :, 8].any()
+
+
+def test_bottom_rows_scale_with_frame():
+    # 10 rows of 360 invalidate grid rows whose sample 4r+2 ≥ 350: rows 87..89 of 90.
+    valid = aff.valid_cells(360, 640, 10)
+    assert valid.shape == (90, 160)
+    assert valid[:87].all() and not valid[87:].any()
+    assert aff.valid_cells(360, 640, 0).all()
+
+
+def test_flip_consistency_colour_bit_for_bit():
+    frame = blocky_frame(44, 56, seed=6)
+    masks = aff.color_masks(frame, 2.0, 0.3, bottom_rows=10)
+    flipped = aff.color_masks(np.ascontiguousarray(frame[:, ::-1]), 2.0, 0.3, bottom_rows=10)
+    assert not np.array_equal(flipped, masks)                         # the flip is not trivial here
+    assert np.array_equal(aff.hflip_packed(masks), flipped)
+    assert np.array_equal(aff.hflip_packed(flipped), masks)          # involution
+
+
+def test_flip_consistency_symmetric_flow_bit_for_bit():
+    # Vertical motion (u = 0) is its own mirror (−u, v), so the flipped flow image is the mirrored image.
+    flow_rgb = blocky_frame(44, 56, seed=7)
+    masks = aff.flow_masks(flow_rgb, 0.5, 0.6, bottom_rows=10)
+    flipped = aff.flow_masks(np.ascontiguousarray(flow_rgb[:, ::-1]), 0.5, 0.6, bottom_rows=10)
+    assert not np.array_equal(flipped, masks)
+    assert np.array_equal(aff.hflip_packed(masks), flipped)
+
+
+def test_flip_consistency_through_flow_codec():
+    """The flipped flow image is pipeline.flow_codec.hflip_flow_rgb (mirrored, re-coloured as (−u, v)).
+
+    Vertical motion (u = 0) is its own mirror, and at these radii the codec's uint8 round trip is exact, so
+    the flipped flow image is the mirrored image and the masks must agree bit for bit. (For general motion
+    they cannot: the colour wheel is not mirror-symmetric in RGB distance, so the trainer flips the stored
+    masks with hflip_packed instead of recomputing them; see hflip_packed.)"""
+    codec = pytest.importorskip("pipeline.flow_codec")
+    rng = np.random.default_rng(8)
+    v = np.repeat(np.repeat(rng.choice([-4.0, -2.0, 0.0, 2.0, 4.0], (3, 4)), 16, axis=0), 16, axis=1)
+    rgb = codec.flow_to_rgb(np.stack([np.zeros_like(v), v], axis=-1).astype(np.float32))  # (48, 64, 3)
+    flipped_rgb = codec.hflip_flow_rgb(rgb)
+    assert np.array_equal(flipped_rgb, rgb[:, ::-1])                # the premise: symmetric by construction
+    masks = aff.flow_masks(rgb, 0.5, 0.6, bottom_rows=10)
+    flipped = aff.flow_masks(flipped_rgb, 0.5, 0.6, bottom_rows=10)
+    assert not np.array_equal(flipped, masks) and 0.1 < aff.unpack_bits(masks).mean() < 0.9
+    assert np.array_equal(aff.hflip_packed(masks), flipped)
+
+
+def test_hflip_packed_permutes_bits():
+    packed = np.zeros((2, 3), np.uint8)
+    packed[0, 0] = 1 << 0                                            # (−2, −2) at the left edge
+    packed[1, 1] = (1 << 3) | (1 << 6)                               # (0, −2) and (2, 0) in the middle
+    flipped = aff.hflip_packed(packed)
+    assert flipped[0, 2] == 1 << 2                                   # -> (−2, +2) at the right edge
+    assert flipped[1, 1] == (1 << 4) | (1 << 6)                      # -> (0, +2); (2, 0) is unchanged
+    assert flipped.sum() == (1 << 2) + (1 << 4) + (1 << 6)
+
+
+def test_resize_packed_nearest():
+    rng = np.random.default_rng(9)
+    packed = rng.integers(0, 256, (3, 5, 6), dtype=np.uint8)
+    assert np.array_equal(aff.resize_packed(packed, (5, 6)), packed)
+    doubled = aff.resize_packed(packed, (10, 12))
+    assert np.array_equal(doubled, np.repeat(np.repeat(packed, 2, axis=-2), 2, axis=-1))
+    assert np.array_equal(aff.resize_packed(doubled, (5, 6)), packed)
+    # 3 -> 2 samples centres 0.75, 2.25 -> 0, 2; 2 -> 3 samples 0.33, 1.0, 1.67 -> 0, 1, 1.
+    row = np.array([[10, 20, 30]], np.uint8)
+    assert aff.resize_packed(row, (1, 2)).tolist() == [[10, 30]]
+    assert aff.resize_packed(np.array([[10, 20]], np.uint8), (1, 3)).tolist() == [[10, 20, 20]]
+    # Bottom-row invalidity scales with the grid: a 90-row grid with 3 empty rows -> 180 rows with 6.
+    valid_bytes = np.where(aff.valid_cells(360, 640, 10), 0xFF, 0).astype(np.uint8)
+    assert (aff.resize_packed(valid_bytes, (180, 320))[174:] == 0).all()
+    assert (aff.resize_packed(valid_bytes, (180, 320))[:174] == 0xFF).all()
+
+
+def test_params_from_config_section_and_errors():
+    import yaml
+
+    section = yaml.safe_load((REPO / "config.yaml").read_text())["affinity"]
+    params = params_from_json(aff.AffinityParams, json.dumps(section), "affinity")
+    assert params == aff.AffinityParams(theta_color=2.0, tau_color=0.3, theta_flow=0.5, tau_flow=0.6,
+                                        bottom_rows=10)
+    with pytest.raises(ValueError, match="affinity.tau_flow"):
+        aff.AffinityParams(theta_color=2.0, tau_color=0.3, theta_flow=0.5, tau_flow=1.5, bottom_rows=10)
+    with pytest.raises(ValueError, match="affinity.bottom_rows"):
+        aff.AffinityParams(theta_color=2.0, tau_color=0.3, theta_flow=0.5, tau_flow=0.6, bottom_rows=2.5)
+    with pytest.raises(ValueError, match="missing keys"):
+        params_from_json(aff.AffinityParams, json.dumps({"theta_color": 2.0}), "affinity")
