@@ -25,9 +25,9 @@ def uncompressed_counts(mask: np.ndarray) -> list[int]:
 def track_mask(height: int, width: int, video_index: int, track_index: int, t: int) -> np.ndarray:
     """The (H, W) uint8 0/1 mask of track `track_index` of video `video_index` at frame t: a moving ellipse."""
     mask = np.zeros((height, width), np.uint8)
-    cx = int(width * (0.25 + 0.5 * track_index % 2) + 2 * t - video_index % 3)
-    cy = int(height * (0.3 + 0.15 * track_index) + t)
-    axes = (max(2, width // 6 + track_index), max(2, height // 5 - track_index))
+    cx = min(width - 1, int(width * (0.25 + 0.5 * (track_index % 2)) + 2 * t - video_index % 3))
+    cy = min(height - 1, int(height * (0.3 + 0.15 * (track_index % 3)) + t))
+    axes = (max(2, width // 6 + track_index % 3), max(2, height // 5 - track_index % 3))
     cv2.ellipse(mask, (cx, cy), axes, 15.0 * video_index, 0, 360, 1, thickness=-1)
     return mask
 
@@ -60,6 +60,7 @@ def write_tiny_ytvis(root: Path, videos: int = 6, frames: int = 5, height: int =
                     continue
                 m = track_mask(height, width, k, j, t)
                 ys, xs = np.nonzero(m)
+                assert xs.size, "empty fixture mask"
                 use_list = rle == "list" or (rle == "mixed" and t % 2 == 0)
                 counts = (uncompressed_counts(m) if use_list
                           else mask_utils.encode(np.asfortranarray(m))["counts"].decode("ascii"))
