@@ -25,6 +25,7 @@ def upsample_flow_convex(flow: Tensor, mask: Tensor, factor: int) -> Tensor:
     count as zero flow. Returns (B, 2, factor*h, factor*w) in fine pixels (the flow is scaled by factor).
     """
     batch, _, height, width = flow.shape
+    # The logits are upcast before the softmax; the official code keeps autocast's fp16 here.
     weights = mask.float().reshape(batch, 1, 9, factor, factor, height, width).softmax(dim=2)
     # (B, 2*9, h*w) with channel c*9 + k -> (B, 2, 9, 1, 1, h, w)
     neighbours = F.unfold(factor * flow, kernel_size=3, padding=1)
@@ -106,14 +107,15 @@ class GMA(nn.Module):
             coords1 = coords1 + flow_init.float()
 
         predictions: list[Tensor] = []
-        for _ in range(iters):
+        for step in range(iters):
             coords1 = coords1.detach()
             corr = corr_fn(coords1)  # (B, corr_channels, h, w) float32
             flow = coords1 - coords0
             with _maybe_autocast(device_type, autocast_dtype):
                 hidden, mask, delta_flow = self.update_block(hidden, context, corr, flow, attention)
             coords1 = coords1 + delta_flow.float()  # F(t+1) = F(t) + delta(t)
-            predictions.append(upsample_flow_convex(coords1 - coords0, mask, STRIDE))
+            if not test_mode or step == iters - 1:  # test mode needs only the last upsampled flow
+                predictions.append(upsample_flow_convex(coords1 - coords0, mask, STRIDE))
 
         if test_mode:
             return coords1 - coords0, predictions[-1]

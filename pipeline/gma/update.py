@@ -28,7 +28,7 @@ class MotionEncoder(nn.Module):
         cor = self.relu(self.convc2(self.relu(self.convc1(corr))))
         flo = self.relu(self.convf2(self.relu(self.convf1(flow))))
         out = self.relu(self.conv(torch.cat([cor, flo], dim=1)))
-        return torch.cat([out, flow.to(out.dtype)], dim=1)
+        return torch.cat([out, flow], dim=1)  # cat promotes: float32 under autocast
 
 
 class SepConvGRU(nn.Module):
