@@ -14,3 +14,22 @@ rule synthetic:
         "logs/synthetic/synthetic.log",
     shell:
         "python -m pipeline.synthetic --params {params.cfg:q} --out results/synthetic 2> {log}"
+
+
+rule split:
+    """The reconstructed train_train / train_val split and train_val's image-level COCO ground truth
+    (method §1.2-1.3); summary.json puts our counts beside the paper's."""
+    input:
+        annotations=annotations(),
+    output:
+        train_train="results/split/train_train.json",
+        train_val="results/split/train_val.json",
+        train_val_coco="results/split/train_val_coco.json",
+        summary="results/split/summary.json",
+    params:
+        cfg=section("split"),
+    log:
+        "logs/split/split.log",
+    shell:
+        'python -m pipeline.split --root "$(dirname {input.annotations:q})" --params {params.cfg:q}'
+        " --out-dir results/split 2> {log}"
