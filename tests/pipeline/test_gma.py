@@ -15,8 +15,8 @@ from pipeline.gma import (GMA, CheckpointMismatchError, estimate_flow, load_gma,
 from pipeline.gma.attention import Aggregate, Attention
 from pipeline.gma.corr import CorrPyramid, coords_grid
 
-# The official key list lives in the shared reference folder beside the checkout.
-REFERENCE = Path(__file__).resolve().parents[3] / "shared" / "reference" / "gma_state_dict.json"
+# The official key list (a copy of the reference data in ../shared/reference/).
+REFERENCE = Path(__file__).resolve().parents[1] / "data" / "gma_state_dict.json"
 
 torch.set_num_threads(1)
 
