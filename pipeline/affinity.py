@@ -263,3 +263,142 @@ def frame_masks(frame: np.ndarray, flow_rgb: np.ndarray, params: AffinityParams)
         raise ValueError(f"frame_masks: frame {frame.shape} and flow {flow_rgb.shape} must both be (H, W, 3)")
     return (color_masks(frame, params.theta_color, params.tau_color, params.bottom_rows),
             flow_masks(flow_rgb, params.theta_flow, params.tau_flow, params.bottom_rows))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The stage: one shard of videos, frames + flow store in, one Zarr v3 store of packed masks out.
+
+def read_frame(path: Path, video_id: int, frame_index: int, height: int, width: int) -> np.ndarray:
+    """RGB uint8 (H, W, 3) of one JPEG frame; a missing, unreadable or wrongly sized file names the video/frame."""
+    import cv2
+
+    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise FileNotFoundError(f"{path}: video {video_id} frame {frame_index} is missing or not a readable image")
+    if bgr.shape[:2] != (height, width):
+        raise ValueError(f"{path}: video {video_id} frame {frame_index} is {bgr.shape[1]}x{bgr.shape[0]}, "
+                         f"train.json says {width}x{height}")
+    return np.ascontiguousarray(bgr[..., ::-1])                    # BGR -> RGB
+
+
+def open_flow_arrays(flow_store: Path):
+    """The flow store's Zarr group (read-only) and its attributes, checked against docs/design.md's contract."""
+    import zarr
+
+    try:
+        group = zarr.open_group(str(flow_store), mode="r")
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{flow_store}: flow store does not exist; run rule flow first") from None
+    attrs = dict(group.attrs)
+    for key in ("videos", "params"):
+        if key not in attrs:
+            raise KeyError(f"{flow_store}: flow store attributes lack '{key}' (has {sorted(attrs)}); "
+                           f"it was not written by pipeline.flow, rerun rule flow")
+    return group, attrs
+
+
+def shard_videos(dataset, shard: int, flow_store: Path, flow_attrs: dict) -> list:
+    """The shard's videos (pipeline.ytvis.Video, by id), checked against the videos the flow store lists."""
+    from pipeline.shards import videos_of_shard
+
+    shard_size = flow_attrs["params"].get("shard_size")
+    if not isinstance(shard_size, int):
+        raise KeyError(f"{flow_store}: attribute params.shard_size missing or not an integer: {shard_size!r}")
+    expected = videos_of_shard([v.id for v in dataset.videos], shard, shard_size)
+    listed = [int(v) for v in flow_attrs["videos"]]
+    if listed != expected:
+        raise ValueError(f"{flow_store}: holds videos {listed[:10]}… ({len(listed)}), but shard {shard} of "
+                         f"{dataset.annotation_file} is {expected[:10]}… ({len(expected)}); rerun rule flow "
+                         f"for shard {shard}")
+    by_id = dataset.video_by_id
+    return [by_id[v] for v in expected]
+
+
+def video_masks(dataset, video, flow_video, params: AffinityParams, progress) -> tuple[np.ndarray, np.ndarray]:
+    """Packed (colour, flow) masks, each uint8 (T, ceil(H/4), ceil(W/4)), of every frame of one video."""
+    t_frames, height, width = video.length, video.height, video.width
+    if tuple(flow_video.shape) != (t_frames, height, width, 3) or flow_video.dtype != np.uint8:
+        raise ValueError(f"flow of video {video.id}: expected uint8 {(t_frames, height, width, 3)} (T, H, W, 3) "
+                         f"from train.json, found {flow_video.dtype} {tuple(flow_video.shape)}; rerun rule flow")
+    h, w = grid_shape(height, width)
+    color = np.empty((t_frames, h, w), np.uint8)
+    flow = np.empty((t_frames, h, w), np.uint8)
+    for t in range(t_frames):
+        frame = read_frame(dataset.frame_path(video, t), video.id, t, height, width)
+        color[t], flow[t] = frame_masks(frame, np.asarray(flow_video[t]), params)
+        progress.update(1)
+    return color, flow
+
+
+def write_video(group, video_id: int, color: np.ndarray, flow: np.ndarray) -> None:
+    """Arrays `color` and `flow` (T, h, w) uint8 under group str(video_id): chunk one frame, one shard per video."""
+    from zarr.codecs import ZstdCodec
+
+    sub = group.create_group(str(video_id))
+    for name, data in (("color", color), ("flow", flow)):
+        array = sub.create_array(name, shape=data.shape, dtype=np.uint8, chunks=(1,) + data.shape[1:],
+                                 shards=data.shape, compressors=ZstdCodec(level=3), fill_value=0)
+        array[...] = data
+
+
+def run_shard(root: Path, annotations: Path, shard: int, flow_store: Path, params: AffinityParams,
+              out: Path) -> dict:
+    """Compute and write the affinity store of one shard (atomically); returns the summary for the JSON log."""
+    import zarr
+    from tqdm import tqdm
+
+    from pipeline.io import atomic_dir
+    from pipeline.ytvis import load_ytvis
+
+    started = time.perf_counter()
+    dataset = load_ytvis(root, Path(annotations).resolve(), check_files=False)
+    flow_group, flow_attrs = open_flow_arrays(flow_store)
+    videos = shard_videos(dataset, shard, flow_store, flow_attrs)
+    attributes = {"params": dataclasses.asdict(params), "flow_store": flow_attrs, "shard": shard,
+                  "videos": [v.id for v in videos], "grid_stride": GRID_STRIDE,
+                  "neighbour_offsets": [list(o) for o in NEIGHBOUR_OFFSETS]}
+    set_bits = {"color": 0, "flow": 0}
+    cells = 0
+    with atomic_dir(out) as tmp, tqdm(total=sum(v.length for v in videos), desc=f"affinity shard {shard}",
+                                      unit="frame") as progress:
+        group = zarr.open_group(str(tmp), mode="w", zarr_format=3, attributes=attributes)
+        for video in videos:
+            if str(video.id) not in flow_group:
+                raise KeyError(f"{flow_store}: no flow array for video {video.id}; rerun rule flow for shard {shard}")
+            color, flow = video_masks(dataset, video, flow_group[str(video.id)], params, progress)
+            write_video(group, video.id, color, flow)
+            set_bits["color"] += int(unpack_bits(color).sum())
+            set_bits["flow"] += int(unpack_bits(flow).sum())
+            cells += color.size
+    seconds = time.perf_counter() - started
+    frames = sum(v.length for v in videos)
+    return {"shard": shard, "out": str(out), "videos": len(videos), "frames": frames, "seconds": round(seconds, 3),
+            "frames_per_s": round(frames / max(seconds, 1e-9), 2),
+            "pair_fraction": {k: round(v / max(8 * cells, 1), 4) for k, v in set_bits.items()},
+            "params": dataclasses.asdict(params)}
+
+
+def main(argv: list[str] | None = None) -> None:
+    """CLI: the affinity store of one shard (rule `affinity`)."""
+    from pipeline.io import params_from_json, setup_logging, write_json_atomic
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--root", required=True, type=Path, help="dataset folder (train.json + JPEGImages/)")
+    parser.add_argument("--annotations", required=True, type=Path,
+                        help="the dataset's YouTube-VIS json (a path, relative to the working directory)")
+    parser.add_argument("--shard", required=True, type=int, help="shard index k")
+    parser.add_argument("--flow", required=True, type=Path, help="results/flow/shard_k.zarr")
+    parser.add_argument("--params", required=True, help="the `affinity` config section as JSON")
+    parser.add_argument("--out", required=True, type=Path, help="results/affinity/shard_k.zarr (replaced atomically)")
+    parser.add_argument("--log-json", type=Path, help="per-shard summary (JSON)")
+    args = parser.parse_args(argv)
+    log = setup_logging()
+    params = params_from_json(AffinityParams, args.params, "affinity (--params)")
+    summary = run_shard(args.root, args.annotations, args.shard, args.flow, params, args.out)
+    log.info("affinity shard %d: %s", args.shard, json.dumps(summary))
+    if args.log_json:
+        write_json_atomic(args.log_json, summary)
+
+
+if __name__ == "__main__":
+    main()

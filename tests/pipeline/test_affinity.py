@@ -271,3 +271,66 @@ def test_params_from_config_section_and_errors():
         aff.AffinityParams(theta_color=2.0, tau_color=0.3, theta_flow=0.5, tau_flow=0.6, bottom_rows=2.5)
     with pytest.raises(ValueError, match="missing keys"):
         params_from_json(aff.AffinityParams, json.dumps({"theta_color": 2.0}), "affinity")
+
+
+def write_flow_store(path: Path, root: Path, shard: int, shard_size: int, seed: int = 0) -> dict:
+    """A flow store as docs/design.md specifies it (the flow stage's output): uint8 (T, H, W, 3) per video."""
+    import zarr
+
+    from pipeline.shards import videos_of_shard
+    from pipeline.ytvis import load_ytvis
+
+    dataset = load_ytvis(root)
+    ids = videos_of_shard([v.id for v in dataset.videos], shard, shard_size)
+    attrs = {"estimator": "dis", "params": {"estimator": "dis", "shard_size": shard_size}, "videos": ids}
+    group = zarr.open_group(str(path), mode="w", zarr_format=3, attributes=attrs)
+    rng = np.random.default_rng(seed)
+    for vid in ids:
+        video = dataset.video_by_id[vid]
+        group.create_array(str(vid), data=rng.integers(0, 256, (video.length, video.height, video.width, 3),
+                                                       dtype=np.uint8), chunks=(1, video.height, video.width, 3))
+    return attrs
+
+
+def test_cli_writes_shard_store(make_ytvis, tmp_path):
+    import zarr
+
+    from pipeline.ytvis import load_ytvis
+
+    root = make_ytvis(videos=6, frames=3, height=26, width=32)      # 26 rows: a partial bottom cell
+    flow_store = tmp_path / "flow" / "shard_1.zarr"
+    flow_attrs = write_flow_store(flow_store, root, shard=1, shard_size=4)
+    out = tmp_path / "affinity" / "shard_1.zarr"
+    section = {"theta_color": 2.0, "tau_color": 0.3, "theta_flow": 0.5, "tau_flow": 0.6, "bottom_rows": 10}
+    aff.main(["--root", str(root), "--annotations", str(root / "train.json"), "--shard", "1",
+              "--flow", str(flow_store), "--params", json.dumps(section), "--out", str(out),
+              "--log-json", str(tmp_path / "log.json")])
+    store = zarr.open_group(str(out), mode="r")
+    dataset = load_ytvis(root)
+    assert store.attrs["videos"] == flow_attrs["videos"] == [v.id for v in dataset.videos][4:]
+    assert store.attrs["params"] == section and store.attrs["flow_store"] == flow_attrs
+    flow_group = zarr.open_group(str(flow_store), mode="r")
+    params = aff.AffinityParams(**section)
+    for vid in flow_attrs["videos"]:
+        video = dataset.video_by_id[vid]
+        color, flow = store[str(vid)]["color"][...], store[str(vid)]["flow"][...]
+        assert color.shape == flow.shape == (3, 7, 8) and color.dtype == np.uint8
+        for t in range(3):
+            frame = aff.read_frame(dataset.frame_path(video, t), vid, t, 26, 32)
+            want = aff.frame_masks(frame, flow_group[str(vid)][t], params)
+            assert np.array_equal(color[t], want[0]) and np.array_equal(flow[t], want[1])
+    summary = json.loads((tmp_path / "log.json").read_text())
+    assert summary["frames"] == 6 and summary["videos"] == 2
+    assert [p.name for p in out.parent.iterdir()] == ["shard_1.zarr"]  # no temporary folder left
+
+
+def test_cli_rejects_flow_store_of_another_shard(make_ytvis, tmp_path):
+    root = make_ytvis(videos=6, frames=2)
+    flow_store = tmp_path / "shard_0.zarr"
+    write_flow_store(flow_store, root, shard=0, shard_size=4)
+    out = tmp_path / "affinity" / "shard_1.zarr"
+    section = {"theta_color": 2.0, "tau_color": 0.3, "theta_flow": 0.5, "tau_flow": 0.6, "bottom_rows": 10}
+    with pytest.raises(ValueError, match="rerun rule flow for shard 1"):
+        aff.main(["--root", str(root), "--annotations", str(root / "train.json"), "--shard", "1",
+                  "--flow", str(flow_store), "--params", json.dumps(section), "--out", str(out)])
+    assert not out.exists()

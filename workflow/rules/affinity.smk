@@ -1,1 +1,22 @@
 # Rules of the affinity stage.
+
+
+rule affinity:
+    """Packed colour and flow neighbour masks of one shard's frames (method §3), on the stride-4 grid."""
+    input:
+        annotations=annotations(),
+        flow="results/flow/shard_{k}.zarr",
+    output:
+        directory("results/affinity/shard_{k}.zarr"),
+    params:
+        cfg=section("affinity"),
+    log:
+        stderr="logs/affinity/shard_{k}.log",
+        summary="logs/affinity/shard_{k}.json",
+    wildcard_constraints:
+        k=r"\d+",
+    threads: 1
+    shell:
+        "python -m pipeline.affinity --root $(dirname {input.annotations:q}) --annotations {input.annotations:q}"
+        " --shard {wildcards.k} --flow {input.flow:q} --params {params.cfg:q} --out {output:q}"
+        " --log-json {log.summary:q} 2> {log.stderr:q}"
