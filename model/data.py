@@ -1,0 +1,323 @@
+"""Training data: frames, RGB flow and packed neighbour masks of one split, augmented consistently (method §3, §6).
+
+A sample is addressed by a `SampleKey` (frame row in the index, seed, iteration, slot in the global batch):
+its augmentation draws come from those numbers alone, so a frame is augmented the same way whichever
+process, worker or per-rank batch size loads it. `IterationBatchSampler` cuts an endless, seeded stream of
+aspect-ratio-grouped global batches into per-rank slices, so one process with batch 2b sees exactly the
+frames and augmentations that two processes with batch b see together, and a resumed run continues the
+same stream from its iteration count.
+
+Augmentation order (all inputs alike): horizontal flip at the stored resolution (exact on the stride-4
+grid when the width is a multiple of 4: `pipeline.affinity.hflip_packed`, `pipeline.flow_codec.hflip_flow_rgb`),
+then resize of the short side to a size drawn from `min_sizes` with the long side capped at `max_size`
+(image and flow bilinear, packed masks nearest on the grid: `pipeline.affinity.resize_packed`).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+import cv2
+import h5py
+import numpy as np
+import torch
+import zarr
+from torch.utils.data import Dataset, Sampler
+
+from model.batch import Batch
+from pipeline.affinity import grid_shape, hflip_packed, neighbour_valid, resize_packed, unpack_bits
+from pipeline.flow_codec import hflip_flow_rgb
+
+SIZE_DIVISIBILITY = 32  # padded batch sides are multiples of the coarsest backbone stride used by the FPN
+MASK_STRIDE = 4  # the pair masks' grid
+
+
+class SampleKey(NamedTuple):
+    """Which frame to load and the numbers its augmentation draws are seeded from."""
+
+    frame: int  # row of the index
+    seed: int  # train.seed
+    iteration: int  # 0-based training iteration
+    slot: int  # position in the global batch
+
+
+@dataclass
+class Sample:
+    """One augmented frame. h, w: the resized frame; (gh, gw) = (ceil(h/4), ceil(w/4)).
+
+    image, flow: uint8 (h, w, 3) RGB; flow is None when flow images are not loaded.
+    pair_color, pair_flow: packed uint8 (gh, gw) (bit k = neighbour k); pair_flow None when not loaded.
+    boxes_xyxy: float32 (G, 4) in resized pixels, clipped to the frame, non-empty; classes: int64 (G,) in 0..K-1.
+    """
+
+    image: np.ndarray
+    flow: np.ndarray | None
+    pair_color: np.ndarray
+    pair_flow: np.ndarray | None
+    boxes_xyxy: np.ndarray
+    classes: np.ndarray
+
+
+def resized_shape(height: int, width: int, short: int, max_size: int) -> tuple[int, int]:
+    """(h, w) with the short side `short` unless the long side would pass `max_size` (then long = max_size)."""
+    scale = short / min(height, width)
+    if max(height, width) * scale > max_size:
+        scale = max_size / max(height, width)
+    return int(height * scale + 0.5), int(width * scale + 0.5)
+
+
+def hflip_boxes(boxes_xyxy: np.ndarray, width: int) -> np.ndarray:
+    """Boxes (G, 4) x1y1x2y2 of a frame `width` pixels wide, mirrored left-right: x1' = W − x2, x2' = W − x1."""
+    out = boxes_xyxy.copy()
+    out[:, 0] = width - boxes_xyxy[:, 2]
+    out[:, 2] = width - boxes_xyxy[:, 0]
+    return out
+
+
+def resize_boxes(boxes_xyxy: np.ndarray, in_hw: tuple[int, int], out_hw: tuple[int, int]) -> np.ndarray:
+    """Boxes (G, 4) scaled from an in_hw frame to out_hw, clipped to it."""
+    sy, sx = out_hw[0] / in_hw[0], out_hw[1] / in_hw[1]
+    out = boxes_xyxy * np.array([sx, sy, sx, sy], dtype=np.float32)
+    out[:, 0::2] = out[:, 0::2].clip(0, out_hw[1])
+    out[:, 1::2] = out[:, 1::2].clip(0, out_hw[0])
+    return out
+
+
+def augment(image: np.ndarray, flow: np.ndarray | None, pair_color: np.ndarray, pair_flow: np.ndarray | None,
+            boxes_xyxy: np.ndarray, flip: bool, out_hw: tuple[int, int]
+            ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray, np.ndarray | None, np.ndarray]:
+    """Flip (if `flip`) then resize image/flow (H, W, 3) uint8, packed masks (ceil(H/4), ceil(W/4)), boxes (G, 4)."""
+    height, width = image.shape[:2]
+    if flip:
+        image = image[:, ::-1]
+        flow = hflip_flow_rgb(flow) if flow is not None else None
+        pair_color = hflip_packed(pair_color)
+        pair_flow = hflip_packed(pair_flow) if pair_flow is not None else None
+        boxes_xyxy = hflip_boxes(boxes_xyxy, width)
+    if out_hw != (height, width):
+        size = (out_hw[1], out_hw[0])  # cv2 takes (w, h)
+        image = cv2.resize(np.ascontiguousarray(image), size, interpolation=cv2.INTER_LINEAR)
+        flow = cv2.resize(np.ascontiguousarray(flow), size, interpolation=cv2.INTER_LINEAR) if flow is not None else None
+        grid = grid_shape(*out_hw)
+        pair_color = resize_packed(pair_color, grid)
+        pair_flow = resize_packed(pair_flow, grid) if pair_flow is not None else None
+    boxes_xyxy = resize_boxes(boxes_xyxy, (height, width), out_hw)
+    return np.ascontiguousarray(image), flow, pair_color, pair_flow, boxes_xyxy
+
+
+class FrameDataset(Dataset):
+    """Frames of one split index (pipeline/index.py) with their RGB flow and packed neighbour masks.
+
+    The h5 index and the Zarr stores are opened lazily, once per worker process, so the object pickles.
+    `load_flow`: read the flow image (the flow stream's input); `load_flow_pairs`: read the flow masks
+    (the pairwise term's motion factor). What is not loaded becomes zeros (flow) or all-valid pairs
+    (flow masks, so that B·M_color·M_flow reduces to B·M_color) in `collate`.
+    """
+
+    def __init__(self, index_path: str | os.PathLike, frames_dir: str | os.PathLike, flow_dir: str | os.PathLike,
+                 affinity_dir: str | os.PathLike, min_sizes: tuple[int, ...], max_size: int, flip_prob: float,
+                 load_flow: bool, load_flow_pairs: bool):
+        self.index_path, self.frames_dir = Path(index_path), Path(frames_dir)
+        self.flow_dir, self.affinity_dir = Path(flow_dir), Path(affinity_dir)
+        self.min_sizes, self.max_size, self.flip_prob = tuple(min_sizes), max_size, flip_prob
+        self.load_flow, self.load_flow_pairs = load_flow, load_flow_pairs
+        with h5py.File(self.index_path, "r") as f:
+            self.heights = f["height"][:]  # (F,) int32
+            self.widths = f["width"][:]
+            self.category_ids = f["category_ids"][:]  # (K,) int64, class c = category_ids[c]
+        self._class_of_category = {int(c): i for i, c in enumerate(self.category_ids)}
+        self._handles: dict | None = None
+        self._pid = -1
+
+    @staticmethod
+    def categories(index_path: str | os.PathLike) -> tuple[list[int], list[str]]:
+        """(category ids, names) of an index, sorted by id: contiguous class c is category id ids[c]."""
+        with h5py.File(index_path, "r") as f:
+            return [int(c) for c in f["category_ids"][:]], [n.decode() for n in f["category_names"][:]]
+
+    def __len__(self) -> int:
+        """Frames in the split."""
+        return len(self.heights)
+
+    def __getstate__(self) -> dict:
+        """Pickle without open file handles; each worker opens its own."""
+        state = dict(self.__dict__)
+        state["_handles"], state["_pid"] = None, -1
+        return state
+
+    @property
+    def aspect_groups(self) -> np.ndarray:
+        """(F,) int: 0 for frames wider than tall (or square), 1 for taller than wide."""
+        return (self.heights > self.widths).astype(np.int64)
+
+    def _open(self) -> dict:
+        """This process's index handle and store cache."""
+        if self._handles is None or self._pid != os.getpid():
+            self._handles = {"index": h5py.File(self.index_path, "r"), "flow": {}, "affinity": {}}
+            self._pid = os.getpid()
+        return self._handles
+
+    def _store(self, kind: str, shard: int) -> zarr.Group:
+        """The Zarr group of flow or affinity shard `shard`, opened once per process."""
+        cache = self._open()[kind]
+        if shard not in cache:
+            path = (self.flow_dir if kind == "flow" else self.affinity_dir) / f"shard_{shard}.zarr"
+            if not path.is_dir():
+                raise FileNotFoundError(f"{path}: {kind} store of shard {shard} is missing; rerun rule {kind}")
+            cache[shard] = zarr.open_group(str(path), mode="r")
+        return cache[shard]
+
+    def _array(self, kind: str, shard: int, video_id: int, name: str | None) -> zarr.Array:
+        """Array of `video_id` in a shard store (`name`: 'color' or 'flow' inside an affinity video group)."""
+        group = self._store(kind, shard)
+        try:
+            node = group[str(video_id)]
+            return node[name] if name else node
+        except KeyError:
+            where = f"{self.flow_dir if kind == 'flow' else self.affinity_dir}/shard_{shard}.zarr"
+            raise KeyError(f"{where}: no {name or 'flow'} array for video {video_id}; the {kind} store does not "
+                           f"match the index {self.index_path}; rerun rules {kind} and frame_index") from None
+
+    def _frame(self, kind: str, shard: int, video_id: int, t: int, name: str | None,
+               shape: tuple[int, ...]) -> np.ndarray:
+        """Frame t of a store array, checked against the expected shape."""
+        array = self._array(kind, shard, video_id, name)
+        if t >= array.shape[0] or tuple(array.shape[1:]) != shape:
+            raise ValueError(f"{self.flow_dir if kind == 'flow' else self.affinity_dir}/shard_{shard}.zarr: video "
+                             f"{video_id} {name or 'flow'} has shape {array.shape}, the index needs frame {t} of "
+                             f"shape {shape}; rerun rule {kind}")
+        return np.asarray(array[t])
+
+    def read(self, frame: int) -> tuple[np.ndarray, np.ndarray | None, np.ndarray, np.ndarray | None,
+                                         np.ndarray, np.ndarray]:
+        """Un-augmented frame: image (H, W, 3), flow or None, packed colour/flow masks, boxes XYXY (G, 4), classes."""
+        h5 = self._open()["index"]
+        video_id, t = int(h5["video_id"][frame]), int(h5["frame_index"][frame])
+        shard, height, width = int(h5["shard"][frame]), int(self.heights[frame]), int(self.widths[frame])
+        path = self.frames_dir / h5["file_name"][frame].decode()
+        bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        if bgr is None:
+            raise FileNotFoundError(f"{path}: cannot read frame {t} of video {video_id}")
+        if bgr.shape[:2] != (height, width):
+            raise ValueError(f"{path}: frame is {bgr.shape[1]}x{bgr.shape[0]}, train.json says video {video_id} "
+                             f"is {width}x{height}")
+        image = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+        grid = grid_shape(height, width)
+        flow = self._frame("flow", shard, video_id, t, None, (height, width, 3)) if self.load_flow else None
+        pair_color = self._frame("affinity", shard, video_id, t, "color", grid)
+        pair_flow = self._frame("affinity", shard, video_id, t, "flow", grid) if self.load_flow_pairs else None
+        start, stop = h5["box_offsets"][frame:frame + 2]
+        xywh = h5["boxes_xywh"][start:stop].reshape(-1, 4).astype(np.float32)
+        boxes = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1)  # (G, 4) XYXY
+        classes = np.array([self._class_of_category[int(c)] for c in h5["box_category_ids"][start:stop]],
+                           dtype=np.int64)
+        return image, flow, pair_color, pair_flow, boxes, classes
+
+    def __getitem__(self, key: SampleKey) -> Sample:
+        """The frame `key.frame` augmented by draws seeded from (seed, iteration, slot)."""
+        rng = np.random.default_rng([key.seed, key.iteration, key.slot])
+        flip = bool(rng.random() < self.flip_prob)
+        short = int(rng.choice(self.min_sizes))
+        image, flow, pair_color, pair_flow, boxes, classes = self.read(key.frame)
+        out_hw = resized_shape(image.shape[0], image.shape[1], short, self.max_size)
+        image, flow, pair_color, pair_flow, boxes = augment(image, flow, pair_color, pair_flow, boxes, flip, out_hw)
+        keep = (boxes[:, 2] - boxes[:, 0] > 1e-5) & (boxes[:, 3] - boxes[:, 1] > 1e-5)
+        return Sample(image, flow, pair_color, pair_flow, boxes[keep], classes[keep])
+
+
+def pair_masks(packed: np.ndarray, out_hw: tuple[int, int]) -> torch.Tensor:
+    """Bool (8, *out_hw): unpacked masks (gh, gw) AND-ed with the neighbour lying inside the (gh, gw) grid,
+    zero-padded bottom/right; so no pair touches a cell outside the frame or in the padding."""
+    gh, gw = packed.shape
+    masks = unpack_bits(packed) & neighbour_valid(np.ones((gh, gw), dtype=bool))  # (8, gh, gw)
+    out = torch.zeros((masks.shape[0], *out_hw), dtype=torch.bool)
+    out[:, :gh, :gw] = torch.from_numpy(masks)
+    return out
+
+
+def collate(samples: list[Sample]) -> Batch:
+    """Pad a list of samples to a common size (multiples of 32, bottom/right) into a `model.batch.Batch`."""
+    height = max(s.image.shape[0] for s in samples)
+    width = max(s.image.shape[1] for s in samples)
+    height = math.ceil(height / SIZE_DIVISIBILITY) * SIZE_DIVISIBILITY
+    width = math.ceil(width / SIZE_DIVISIBILITY) * SIZE_DIVISIBILITY
+    n = len(samples)
+    images = torch.zeros((n, 3, height, width), dtype=torch.float32)
+    flows = torch.zeros((n, 3, height, width), dtype=torch.float32)
+    grid = (height // MASK_STRIDE, width // MASK_STRIDE)
+    pair_color = torch.zeros((n, 8, *grid), dtype=torch.bool)
+    pair_flow = torch.zeros((n, 8, *grid), dtype=torch.bool)
+    for i, s in enumerate(samples):
+        h, w = s.image.shape[:2]
+        images[i, :, :h, :w] = torch.from_numpy(s.image).permute(2, 0, 1)  # (h, w, 3) -> (3, h, w)
+        if s.flow is not None:
+            flows[i, :, :h, :w] = torch.from_numpy(s.flow).permute(2, 0, 1)
+        pair_color[i] = pair_masks(s.pair_color, grid)
+        if s.pair_flow is not None:
+            pair_flow[i] = pair_masks(s.pair_flow, grid)
+        else:
+            pair_flow[i] = pair_masks(np.full(s.pair_color.shape, 255, dtype=np.uint8), grid)
+    return Batch(images=images, flows=flows, image_sizes=[tuple(s.image.shape[:2]) for s in samples],
+                 boxes_xyxy=[torch.from_numpy(s.boxes_xyxy) for s in samples],
+                 classes=[torch.from_numpy(s.classes) for s in samples],
+                 pair_color=pair_color, pair_flow=pair_flow)
+
+
+def grouped_batches(groups: np.ndarray, batch_size: int, seed: int):
+    """Endless stream of global batches (lists of frame rows), each from one aspect group.
+
+    Epoch e visits every frame once in the order of a permutation seeded by (seed, e); a frame joins its
+    group's bucket, and a full bucket is emitted. Partial buckets carry over to the next epoch.
+    """
+    if len(groups) == 0:
+        raise ValueError("the split index has no frames")
+    buckets: dict[int, list[int]] = {}
+    epoch = 0
+    while True:
+        order = np.random.default_rng([seed, epoch]).permutation(len(groups))
+        for frame, group in zip(order.tolist(), groups[order].tolist()):
+            bucket = buckets.setdefault(group, [])
+            bucket.append(frame)
+            if len(bucket) == batch_size:
+                yield bucket
+                buckets[group] = []
+        epoch += 1
+
+
+class IterationBatchSampler(Sampler[list[SampleKey]]):
+    """This rank's slice of global batches for iterations start_iter..iters−1 (for the DataLoader's batch_sampler).
+
+    Global batch i is the same for any world size; rank r gets slots [r·b, (r+1)·b) with b = batch / world.
+    """
+
+    def __init__(self, groups: np.ndarray, global_batch: int, rank: int, world_size: int, iters: int, seed: int,
+                 start_iter: int = 0):
+        if global_batch % world_size:
+            raise ValueError(f"train.batch_size {global_batch} is not divisible by the {world_size} processes")
+        self.groups, self.global_batch, self.rank, self.world_size = groups, global_batch, rank, world_size
+        self.iters, self.seed, self.start_iter = iters, seed, start_iter
+        self.per_rank = global_batch // world_size
+
+    def __len__(self) -> int:
+        """Batches left to yield."""
+        return max(self.iters - self.start_iter, 0)
+
+    def __iter__(self):
+        """Per-rank lists of SampleKey, one per remaining iteration."""
+        stream = grouped_batches(self.groups, self.global_batch, self.seed)
+        lo = self.rank * self.per_rank
+        for iteration in range(self.iters):
+            frames = next(stream)
+            if iteration < self.start_iter:
+                continue
+            yield [SampleKey(frames[slot], self.seed, iteration, slot) for slot in range(lo, lo + self.per_rank)]
+
+
+def worker_init(worker_id: int) -> None:
+    """One OpenCV and one torch thread per loader worker (the workers are the parallelism)."""
+    cv2.setNumThreads(1)
+    torch.set_num_threads(1)

@@ -1,0 +1,481 @@
+"""Train the two-stream CondInst with plain PyTorch DDP (method §6). Reads top to bottom: params, DDP, data,
+model and optimizer, resume, the loop, the final weights.
+
+Launch (the `train` rule does this; `python -m model.launch` picks the process count):
+    torchrun --standalone --nproc-per-node N -m model.train --model-params JSON --train-params JSON \
+        --index results/index/train_train.h5 --frames <root>/JPEGImages --flow results/flow \
+        --affinity results/affinity --out results/train/<exp>
+One process without torchrun also works (CPU or one GPU). NCCL on GPUs, gloo on CPUs.
+
+`results/train/<exp>/` holds `checkpoints/ckpt_<step>.pt` (+ `.sha256`) and `checkpoints/last` (the newest
+complete one), `metrics.jsonl`, TensorBoard events under `tb/`, and `final.pt` at the end. A rerun resumes from
+the newest checkpoint that loads and matches its checksum, so a Snakemake rerun after a crash continues.
+"""
+
+from __future__ import annotations
+
+import argparse
+import bisect
+import dataclasses
+import hashlib
+import io
+import json
+import logging
+import os
+import random
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from model.data import FrameDataset, IterationBatchSampler, collate, worker_init
+from pipeline.io import params_from_json, setup_logging
+
+log = logging.getLogger("mowis.train")
+
+
+# -----------------------------------------------------------------------------------------------------------
+# Params: the `train` config section. Fields that change results have no defaults (config.yaml holds them).
+
+@dataclass(frozen=True)
+class TrainParams:
+    """The `train` config section (method §6)."""
+
+    iters: int  # training iterations
+    batch_size: int  # global batch: images per iteration over all processes
+    base_lr: float  # learning rate at base_batch images (linear scaling: lr = base_lr · batch_size / base_batch)
+    base_batch: int
+    momentum: float
+    weight_decay: float  # on conv/linear weights only; none on norm parameters and biases
+    warmup_iters: int  # linear warm-up from warmup_factor·lr to lr
+    warmup_factor: float
+    steps: tuple[int, ...]  # iterations where lr is multiplied by gamma
+    gamma: float
+    min_sizes: tuple[int, ...]  # short side of a training frame, drawn uniformly
+    max_size: int  # cap on the long side
+    flip_prob: float
+    grad_clip: float | None  # max global L2 norm of the gradients, or None
+    amp: Literal["fp32", "bf16", "fp16"]  # autocast dtype on CUDA; CPU always runs fp32
+    checkpoint_every: int
+    seed: int
+    max_bad_steps: int  # stop after this many non-finite steps in a row
+
+    def __post_init__(self) -> None:
+        """Lists from JSON become tuples; values are checked, naming the config field."""
+        object.__setattr__(self, "steps", tuple(self.steps))
+        object.__setattr__(self, "min_sizes", tuple(self.min_sizes))
+        if self.amp not in ("fp32", "bf16", "fp16"):
+            raise ValueError(f"train.amp: expected fp32, bf16 or fp16, got {self.amp!r}")
+        for name in ("iters", "batch_size", "base_batch", "checkpoint_every", "max_bad_steps", "max_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"train.{name}: must be ≥ 1, got {getattr(self, name)}")
+        if list(self.steps) != sorted(self.steps):
+            raise ValueError(f"train.steps: must be increasing, got {list(self.steps)}")
+        if not self.min_sizes:
+            raise ValueError("train.min_sizes: needs at least one size")
+
+    @property
+    def lr(self) -> float:
+        """Peak learning rate after linear scaling by the global batch."""
+        return self.base_lr * self.batch_size / self.base_batch
+
+
+def lr_at(step: int, lr: float, warmup_iters: int, warmup_factor: float, steps: tuple[int, ...],
+          gamma: float) -> float:
+    """Learning rate of 0-based iteration `step`: linear warm-up from warmup_factor·lr over warmup_iters,
+    times gamma for every milestone in `steps` already reached (detectron2's WarmupMultiStepLR)."""
+    warmup = 1.0
+    if step < warmup_iters:
+        alpha = step / warmup_iters
+        warmup = warmup_factor * (1 - alpha) + alpha
+    return lr * warmup * gamma ** bisect.bisect_right(steps, step)
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """SGD groups: weight decay on tensors with ≥ 2 dims (conv/linear weights), none on norm params, biases
+    and scalars (method §6). Frozen parameters are left out."""
+    decay, no_decay = [], []
+    for param in model.parameters():
+        if param.requires_grad:
+            (decay if param.ndim >= 2 else no_decay).append(param)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The plain module under DDP (`.module`) and torch.compile (`._orig_mod`)."""
+    while isinstance(model, DistributedDataParallel) or hasattr(model, "_orig_mod"):
+        model = model.module if isinstance(model, DistributedDataParallel) else model._orig_mod
+    return model
+
+
+# -----------------------------------------------------------------------------------------------------------
+# Checkpoints: written to a temporary name and renamed, with a sha256 sidecar; `last` names the newest.
+
+CHECKPOINT_PREFIX = "ckpt_"
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    """Write `data` to `path` through a temporary file in the same folder, fsync and rename."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def checkpoint_path(ckpt_dir: Path, step: int) -> Path:
+    """ckpt_dir/ckpt_<step, 8 digits>.pt."""
+    return ckpt_dir / f"{CHECKPOINT_PREFIX}{step:08d}.pt"
+
+
+def save_checkpoint(ckpt_dir: Path, state: dict, step: int, keep: int) -> Path:
+    """Save `state` as the checkpoint of `step` (file, then its checksum, then `last`); keep the newest `keep`."""
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    data = buffer.getvalue()
+    path = checkpoint_path(ckpt_dir, step)
+    write_bytes_atomic(path, data)
+    write_bytes_atomic(path.with_name(path.name + ".sha256"), hashlib.sha256(data).hexdigest().encode())
+    write_bytes_atomic(ckpt_dir / "last", path.name.encode())
+    for old in list_checkpoints(ckpt_dir)[keep:]:
+        if old != path:
+            old.unlink(missing_ok=True)
+            old.with_name(old.name + ".sha256").unlink(missing_ok=True)
+    return path
+
+
+def list_checkpoints(ckpt_dir: Path) -> list[Path]:
+    """Checkpoint files in `ckpt_dir`, newest step first (temporary files are hidden and not listed)."""
+    return sorted(ckpt_dir.glob(f"{CHECKPOINT_PREFIX}*.pt"), reverse=True)
+
+
+def load_checkpoint(path: Path) -> dict:
+    """A checkpoint whose bytes match its sha256 sidecar, loaded with weights_only=True.
+    Raises ValueError naming the file when it is truncated, corrupt or has no checksum."""
+    sidecar = path.with_name(path.name + ".sha256")
+    if not sidecar.exists():
+        raise ValueError(f"{path}: no checksum file {sidecar.name} (the save did not finish)")
+    data = path.read_bytes()
+    expected = sidecar.read_text().strip()
+    actual = hashlib.sha256(data).hexdigest()
+    if actual != expected:
+        raise ValueError(f"{path}: sha256 {actual[:12]}… does not match {sidecar.name} ({expected[:12]}…); "
+                         f"the file is truncated or corrupt")
+    try:
+        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises RuntimeError/UnpicklingError/EOFError on damaged archives
+        raise ValueError(f"{path}: cannot be loaded ({type(e).__name__}: {e})") from e
+
+
+def find_resume(ckpt_dir: Path) -> tuple[Path, dict] | None:
+    """The newest checkpoint that verifies and loads: `last` first, then the others newest first."""
+    if not ckpt_dir.is_dir():
+        return None
+    candidates = list_checkpoints(ckpt_dir)
+    pointer = ckpt_dir / "last"
+    if pointer.exists():
+        named = ckpt_dir / pointer.read_text().strip()
+        candidates = [named] + [c for c in candidates if c != named]
+    for path in candidates:
+        if not path.exists():
+            log.warning("%s: named by %s but missing; trying older checkpoints", path, pointer)
+            continue
+        try:
+            return path, load_checkpoint(path)
+        except ValueError as e:
+            log.warning("%s; trying the previous checkpoint", e)
+    if candidates:
+        log.warning("%s: no usable checkpoint; starting from scratch", ckpt_dir)
+    return None
+
+
+def rng_state() -> dict:
+    """This process's RNG states (torch CPU and CUDA, numpy, random) in weights_only-loadable types."""
+    np_state = np.random.get_state()
+    return {"torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "numpy": {"key": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
+                      "has_gauss": int(np_state[3]), "gauss": float(np_state[4])},
+            "random": [list(x) if isinstance(x, tuple) else x for x in random.getstate()]}
+
+
+def set_rng_state(state: dict) -> None:
+    """Restore what `rng_state` saved."""
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["key"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    version, internal, gauss = state["random"]
+    random.setstate((version, tuple(internal), gauss))
+
+
+def differing_fields(saved: dict, current: dict) -> list[str]:
+    """Keys whose values differ between two flat config dicts, as 'key: saved -> current'."""
+    keys = sorted(set(saved) | set(current))
+    return [f"{k}: {saved.get(k, '<absent>')!r} -> {current.get(k, '<absent>')!r}"
+            for k in keys if saved.get(k, "<absent>") != current.get(k, "<absent>")]
+
+
+def trim_metrics(path: Path, step: int) -> None:
+    """Drop lines of a metrics JSONL logged after `step` (by a run that died before its next checkpoint)."""
+    if not path.exists():
+        return
+    kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
+    write_bytes_atomic(path, "".join(line + "\n" for line in kept).encode())
+
+
+# -----------------------------------------------------------------------------------------------------------
+# The network of the model section, and which inputs it reads.
+
+BuildModel = Callable[[dict, int], tuple[nn.Module, bool, bool]]
+
+
+def build_network(model_params: dict, num_classes: int) -> tuple[nn.Module, bool, bool]:
+    """TwoStreamCondInst of the model section; returns (module, reads flow images, reads flow pair masks)."""
+    from model.network import ModelParams, TwoStreamCondInst
+    params = params_from_json(ModelParams, json.dumps(model_params), "model")
+    network = TwoStreamCondInst(params, num_classes)
+    return network, params.flow_for_detection or params.flow_for_mask, params.flow_pairwise
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    """Inputs and output folder of one training run, and runtime knobs (they change no result)."""
+
+    index: Path  # results/index/train_train.h5
+    frames: Path  # <dataset root>/JPEGImages
+    flow: Path  # results/flow
+    affinity: Path  # results/affinity
+    out: Path  # results/train/<exp>
+    workers: int = 2  # loader worker processes per training process
+    log_every: int = 20
+    keep_checkpoints: int = 2
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+
+def train(paths: RunPaths, model_params: dict, params: TrainParams, build_model: BuildModel = build_network) -> Path:
+    """Train (or resume) one experiment; returns the path of final.pt (written by rank 0)."""
+    # ---- DDP: torchrun sets RANK/LOCAL_RANK/WORLD_SIZE; without them this is one process.
+    ddp = "RANK" in os.environ
+    rank = int(os.environ.get("RANK", 0))
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    world_size = int(os.environ.get("WORLD_SIZE", 1))
+    use_cuda = paths.device == "cuda" or (paths.device == "auto" and torch.cuda.is_available())
+    device = torch.device(f"cuda:{local_rank}" if use_cuda else "cpu")
+    if use_cuda:
+        torch.cuda.set_device(device)
+    if ddp:
+        dist.init_process_group("nccl" if use_cuda else "gloo")
+    master = rank == 0
+    if params.batch_size % world_size:
+        raise ValueError(f"train.batch_size {params.batch_size} is not divisible by {world_size} processes")
+    torch.manual_seed(params.seed)
+    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(params.amp) if use_cuda else None
+    ckpt_dir = paths.out / "checkpoints"
+    if master:
+        paths.out.mkdir(parents=True, exist_ok=True)
+        log.info("rank 0 of %d on %s; global batch %d (%d per process), lr %.4g, amp %s",
+                 world_size, device, params.batch_size, params.batch_size // world_size, params.lr,
+                 amp_dtype or "off")
+
+    # ---- model and optimizer (same seed on every rank; DDP also broadcasts rank 0's weights).
+    dataset_categories = FrameDataset.categories(paths.index)
+    model, reads_flow, reads_flow_pairs = build_model(model_params, len(dataset_categories[0]))
+    model.to(device)
+    optimizer = torch.optim.SGD(param_groups(model, params.weight_decay), lr=params.lr, momentum=params.momentum)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+
+    # ---- resume: rank 0 picks the checkpoint, every rank loads the same file.
+    choice = [None]
+    if master:
+        found = find_resume(ckpt_dir)
+        choice = [str(found[0]) if found else None]
+    if ddp:
+        dist.broadcast_object_list(choice, src=0)
+    start_step = 0
+    if choice[0] is not None:
+        state = load_checkpoint(Path(choice[0]))
+        changed = differing_fields(state["model_params"], model_params)
+        if changed:
+            raise ValueError(f"{choice[0]}: the checkpoint was trained with a different model section "
+                             f"({'; '.join(changed[:10])}); delete {ckpt_dir} to train this model from scratch")
+        for line in differing_fields(state["train_params"], dataclasses.asdict(params)):
+            log.warning("resuming with a changed train section: %s", line)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scaler.load_state_dict(state["scaler"])
+        start_step = int(state["step"])
+        rng_per_rank = state["rng"]
+        if len(rng_per_rank) == world_size:
+            set_rng_state(rng_per_rank[rank])
+        elif master:
+            log.warning("checkpoint has RNG states of %d processes, this run has %d; RNG not restored",
+                        len(rng_per_rank), world_size)
+        if master:
+            log.info("resumed from %s at step %d", choice[0], start_step)
+    if ddp:
+        model = DistributedDataParallel(model, device_ids=[local_rank] if use_cuda else None,
+                                        broadcast_buffers=False, gradient_as_bucket_view=True)
+
+    # ---- data: this rank's slice of the global batches, from start_step on.
+    dataset = FrameDataset(paths.index, paths.frames, paths.flow, paths.affinity, params.min_sizes,
+                           params.max_size, params.flip_prob, load_flow=reads_flow, load_flow_pairs=reads_flow_pairs)
+    sampler = IterationBatchSampler(dataset.aspect_groups, params.batch_size, rank, world_size, params.iters,
+                                    params.seed, start_iter=start_step)
+    loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=paths.workers,
+                        pin_memory=use_cuda, worker_init_fn=worker_init, persistent_workers=False,
+                        prefetch_factor=4 if paths.workers > 0 else None)
+
+    # ---- logging (rank 0): JSONL and TensorBoard, trimmed back to the resumed step.
+    metrics_path = paths.out / "metrics.jsonl"
+    writer = None
+    if master:
+        from torch.utils.tensorboard import SummaryWriter
+        trim_metrics(metrics_path, start_step)
+        writer = SummaryWriter(str(paths.out / "tb"), purge_step=start_step + 1)
+
+    # ---- the loop. `step` counts finished iterations; iteration `step` runs at lr_at(step) and passes
+    # step + 1 to the network (its pairwise warm-up min(step / 10000, 1), as AdelaiDet's counter).
+    step = start_step
+    bad_in_row = 0
+    progress = tqdm(total=params.iters, initial=start_step, disable=not master, unit="it", dynamic_ncols=True)
+    model.train()
+    loader_iter = iter(loader)
+    t_last = time.perf_counter()
+    while step < params.iters:
+        batch = next(loader_iter).to(device)
+        t_data = time.perf_counter() - t_last
+        lr = lr_at(step, params.lr, params.warmup_iters, params.warmup_factor, params.steps, params.gamma)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+            losses = model(batch, step + 1)
+        loss = sum(losses.values())
+        scaler.scale(loss).backward()  # DDP averages the gradients over ranks here
+        scaler.unscale_(optimizer)
+        # clip_grad_norm_ with max_norm inf only measures the global norm
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), params.grad_clip or float("inf"))
+        # (2 + terms,): total loss, each term, grad norm; the mean over ranks. A non-finite value on any rank
+        # makes the sum non-finite everywhere, so every rank takes the same decision below.
+        stats = torch.stack([loss.detach().float()] + [v.detach().float() for v in losses.values()]
+                            + [grad_norm.detach().float()])
+        if ddp:
+            dist.all_reduce(stats)
+            stats /= world_size
+        values = stats.tolist()
+        loss_value, grad_value = values[0], values[-1]
+        record = {"step": step + 1, "lr": lr, "loss": loss_value,
+                  **{name: v for name, v in zip(losses, values[1:-1])}, "grad_norm": grad_value}
+        loss_bad = not np.isfinite(loss_value)
+        grad_bad = not np.isfinite(grad_value) and not scaler.is_enabled()  # fp16 overflow is the scaler's job
+        if loss_bad or grad_bad:
+            bad_in_row += 1
+            optimizer.zero_grad(set_to_none=True)
+            if scaler.is_enabled():
+                scaler.update()
+            if master:
+                log.warning("step %d: non-finite %s (%d in a row); step skipped: %s", step + 1,
+                            "loss" if loss_bad else "gradient", bad_in_row, record)
+                with open(metrics_path, "a") as f:
+                    f.write(json.dumps({**record, "skipped": True}) + "\n")
+            if bad_in_row >= params.max_bad_steps:
+                raise RuntimeError(f"{bad_in_row} non-finite training steps in a row (last at step {step + 1}: "
+                                   f"{record}); lower train.base_lr or set train.grad_clip, and resume from "
+                                   f"{ckpt_dir / 'last'}")
+        else:
+            bad_in_row = 0
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+        step += 1
+        t_now = time.perf_counter()
+        record.update(data_s=t_data, step_s=t_now - t_last)
+        t_last = t_now
+        if master:
+            progress.update(1)
+            progress.set_postfix(loss=f"{loss_value:.3f}", lr=f"{lr:.2e}")
+            if step % paths.log_every == 0 or step == params.iters:
+                with open(metrics_path, "a") as f:
+                    f.write(json.dumps(record) + "\n")
+                for name, value in record.items():
+                    if name != "step":
+                        writer.add_scalar(f"train/{name}", value, step)
+
+        # ---- checkpoint: every rank contributes its RNG state, rank 0 writes.
+        if step % params.checkpoint_every == 0 or step == params.iters:
+            rng_per_rank = [None] * world_size
+            if ddp:
+                dist.all_gather_object(rng_per_rank, rng_state())
+            else:
+                rng_per_rank = [rng_state()]
+            if master:
+                state = {"model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
+                         "scaler": scaler.state_dict(), "step": step, "model_params": model_params,
+                         "train_params": dataclasses.asdict(params), "rng": rng_per_rank}
+                path = save_checkpoint(ckpt_dir, state, step, paths.keep_checkpoints)
+                progress.write(f"step {step}: saved {path}")
+            t_last = time.perf_counter()  # the save is not the next step's data time
+    progress.close()
+
+    # ---- final weights: the evaluate rule's input.
+    final = paths.out / "final.pt"
+    if master:
+        categories = dataset_categories
+        buffer = io.BytesIO()
+        torch.save({"model": unwrap(model).state_dict(), "model_params": model_params,
+                    "train_params": dataclasses.asdict(params), "step": step, "num_classes": len(categories[0]),
+                    "category_ids": categories[0], "category_names": categories[1]}, buffer)
+        write_bytes_atomic(final, buffer.getvalue())
+        writer.close()
+        log.info("wrote %s after %d steps", final, step)
+    if ddp:
+        dist.barrier()
+        dist.destroy_process_group()
+    return final
+
+
+def main(argv: list[str] | None = None) -> None:
+    """CLI: train one experiment (see the module docstring)."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model-params", required=True, help="model section with the experiment's overrides (JSON)")
+    parser.add_argument("--train-params", required=True, help="train section (JSON)")
+    parser.add_argument("--index", required=True, type=Path)
+    parser.add_argument("--frames", required=True, type=Path, help="<dataset root>/JPEGImages")
+    parser.add_argument("--flow", required=True, type=Path, help="folder of the flow shard stores")
+    parser.add_argument("--affinity", required=True, type=Path, help="folder of the affinity shard stores")
+    parser.add_argument("--out", required=True, type=Path, help="results/train/<exp>")
+    parser.add_argument("--workers", type=int, default=2, help="loader workers per process")
+    parser.add_argument("--log-every", type=int, default=20)
+    parser.add_argument("--keep-checkpoints", type=int, default=2)
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    args = parser.parse_args(argv)
+    setup_logging()
+    model_params = json.loads(args.model_params)
+    if not isinstance(model_params, dict):
+        raise ValueError(f"--model-params: expected a JSON object, got {args.model_params[:80]!r}")
+    params = params_from_json(TrainParams, args.train_params, "train")
+    paths = RunPaths(index=args.index, frames=args.frames, flow=args.flow, affinity=args.affinity, out=args.out,
+                     workers=args.workers, log_every=args.log_every, keep_checkpoints=args.keep_checkpoints,
+                     device=args.device)
+    train(paths, model_params, params)
+
+
+if __name__ == "__main__":
+    main()
