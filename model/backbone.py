@@ -63,9 +63,11 @@ def _local_state_dict(path: str) -> dict[str, Tensor]:
 
 def check_and_load(net: nn.Module, state: dict[str, Tensor], where: str) -> None:
     """Load `state` into `net` exactly (fc.* and num_batches_tracked ignored); list every mismatch."""
-    own = {k: v for k, v in net.state_dict().items()}
-    given = {k: v for k, v in state.items()
-             if not k.startswith("fc.") and not k.endswith("num_batches_tracked")}
+    def kept(key: str) -> bool:
+        return not key.startswith("fc.") and not key.endswith("num_batches_tracked")
+
+    own = {k: v for k, v in net.state_dict().items() if kept(k)}
+    given = {k: v for k, v in state.items() if kept(k)}
     missing = sorted(set(own) - set(given))
     unexpected = sorted(set(given) - set(own))
     wrong = sorted(f"{k}: file {tuple(given[k].shape)} vs model {tuple(own[k].shape)}"
