@@ -6,12 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-# Neighbour k of a stride-4 grid cell (i, j) is (i + dy, j + dx): row-major {-2, 0, 2}^2 without the
-# centre. This must equal pipeline.affinity.NEIGHBOUR_OFFSETS (the bit order of the affinity stores);
-# tests/model/test_losses.py checks the two agree once that module exists.
-NEIGHBOUR_OFFSETS: tuple[tuple[int, int], ...] = tuple(
-    (dy, dx) for dy in (-2, 0, 2) for dx in (-2, 0, 2) if (dy, dx) != (0, 0)
-)
+from pipeline.affinity import NEIGHBOUR_OFFSETS  # bit order of the affinity stores: (dy, dx), row-major
 
 DICE_EPS = 1.0e-5
 
@@ -51,39 +46,43 @@ def projection_loss(mask_logits: Tensor, box_masks: Tensor) -> Tensor:
     return (loss_x + loss_y).mean()
 
 
-def shift_to_neighbours(x: Tensor, fill: float) -> tuple[Tensor, Tensor]:
-    """Value at each cell's 8 neighbours (NEIGHBOUR_OFFSETS order). x: (N, 1, H, W).
-
-    Returns (values (N, 8, H, W), in_frame (1, 8, H, W) bool); out-of-frame neighbours read `fill`.
-    """
-    n, _, h, w = x.shape
-    pad = max(max(abs(dy), abs(dx)) for dy, dx in NEIGHBOUR_OFFSETS)
-    padded = F.pad(x, (pad, pad, pad, pad), value=fill)  # (N, 1, H+2p, W+2p)
-    ones = F.pad(x.new_ones(1, 1, h, w, dtype=torch.bool), (pad, pad, pad, pad), value=False)
-    values, in_frame = [], []
-    for dy, dx in NEIGHBOUR_OFFSETS:
-        rows, cols = slice(pad + dy, pad + dy + h), slice(pad + dx, pad + dx + w)
-        values.append(padded[:, :, rows, cols])
-        in_frame.append(ones[:, :, rows, cols])
-    return torch.cat(values, dim=1), torch.cat(in_frame, dim=1)
+def _overlap(offset: int, size: int) -> tuple[slice, slice]:
+    """Along one axis of length `size`: the centre cells whose neighbour at `offset` is in frame, and
+    those neighbours."""
+    if abs(offset) >= size:
+        return slice(0, 0), slice(0, 0)
+    return slice(max(0, -offset), size - max(0, offset)), slice(max(0, offset), size + min(0, offset))
 
 
 def pairwise_nll(mask_logits: Tensor) -> Tensor:
     """−log P(y_e = 1) for each cell and its 8 neighbours (paper eq. 1, method §5), in log space.
 
     P(same label) = m_i m_k + (1 − m_i)(1 − m_k), m = sigmoid(mask_logits), so
-    log P = logaddexp(logσ(z_i) + logσ(z_k), logσ(−z_i) + logσ(−z_k)); finite for any logits.
+    log P = logaddexp(logσ(z_i) + logσ(z_k), logσ(−z_i) + logσ(−z_k)); finite for any finite logits.
     mask_logits: (N, 1, H, W). Returns (N, 8, H, W) ≥ 0, neighbours in NEIGHBOUR_OFFSETS order;
-    0 where the neighbour lies outside the frame.
+    exactly 0 where the neighbour lies outside the frame.
     """
     if mask_logits.dim() != 4 or mask_logits.shape[1] != 1:
         raise ValueError(f"pairwise_nll: mask_logits must be (N, 1, H, W), got {tuple(mask_logits.shape)}")
-    log_fg = F.logsigmoid(mask_logits)  # (N, 1, H, W) log m
-    log_bg = F.logsigmoid(-mask_logits)  # (N, 1, H, W) log (1 − m)
-    log_fg_nb, in_frame = shift_to_neighbours(log_fg, 0.0)  # (N, 8, H, W)
-    log_bg_nb, _ = shift_to_neighbours(log_bg, 0.0)
-    log_same = torch.logaddexp(log_fg + log_fg_nb, log_bg + log_bg_nb)  # (N, 8, H, W)
-    return torch.where(in_frame, -log_same, torch.zeros_like(log_same))
+    _, _, h, w = mask_logits.shape
+    log_fg = F.logsigmoid(mask_logits)[:, 0]  # (N, H, W) log m
+    log_bg = F.logsigmoid(-mask_logits)[:, 0]  # (N, H, W) log (1 − m)
+    per_neighbour: dict[int, Tensor] = {}
+    # The edge (i, i + d) is the edge (j, j − d) seen from j = i + d: compute each undirected edge once.
+    for k, (dy, dx) in enumerate(NEIGHBOUR_OFFSETS):
+        opposite = NEIGHBOUR_OFFSETS.index((-dy, -dx))
+        if opposite < k:
+            continue
+        rows_c, rows_n = _overlap(dy, h)
+        cols_c, cols_n = _overlap(dx, w)
+        log_same = torch.logaddexp(
+            log_fg[:, rows_c, cols_c] + log_fg[:, rows_n, cols_n],
+            log_bg[:, rows_c, cols_c] + log_bg[:, rows_n, cols_n],
+        )  # (N, h', w') over in-frame edges
+        # zero-pad back to (N, H, W): at the centre cells for k, at the neighbour cells for the opposite
+        per_neighbour[k] = F.pad(-log_same, (cols_c.start, w - cols_c.stop, rows_c.start, h - rows_c.stop))
+        per_neighbour[opposite] = F.pad(-log_same, (cols_n.start, w - cols_n.stop, rows_n.start, h - rows_n.stop))
+    return torch.stack([per_neighbour[k] for k in range(len(NEIGHBOUR_OFFSETS))], dim=1)  # (N, 8, H, W)
 
 
 def pairwise_loss(mask_logits: Tensor, box_masks: Tensor, pair_mask: Tensor) -> Tensor:
