@@ -1,0 +1,413 @@
+"""Optical-flow stage (method §2): per shard of videos, flow between consecutive frames, RGB-encoded into Zarr.
+
+Two estimators behind one call signature, `(frames_t, frames_t1) (B, H, W, 3) uint8 RGB -> (B, H, W, 2)
+float32 flow F(t -> t+1)` in pixels, u right, v down: `gma` (the official network, pipeline.gma, on CUDA
+when present) and `dis` (OpenCV DIS on grey frames, CPU, deterministic). `video_flow` applies the
+method's rules for the last frame (-F(t -> t-1)) and one-frame videos (zeros).
+
+Store, one per shard (docs/design.md "Stores"): a Zarr v3 group with one uint8 array (T, H, W, 3) per
+video named str(video_id), chunk one frame, Zstd; group attributes `estimator`, `params` (the flow
+section), `checkpoint_sha256`, `iters`, `dtype`, `videos`, `encoding`. It is written into a temporary
+folder and renamed when complete; `open_flow_store` refuses a store made with other settings.
+
+CLI (rule `flow`): python -m pipeline.flow --root R --annotations train.json --shard K --params JSON
+  --out results/flow/shard_K.zarr --log-json logs/flow/shard_K.json [--num-videos N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, get_args
+
+import cv2
+import numpy as np
+import zarr
+from tqdm import tqdm
+
+from pipeline.flow_codec import flow_to_rgb
+from pipeline.io import atomic_dir, params_from_json, setup_logging, write_json_atomic
+from pipeline.shards import videos_of_shard
+from pipeline.ytvis import FRAMES_DIR, Video, load_ytvis
+
+EstimatorName = Literal["gma", "dis"]
+GmaDtype = Literal["float32", "bfloat16", "float16"]
+DisPreset = Literal["ultrafast", "fast", "medium"]
+
+ENCODING = "baker-colour-wheel (GMA flow_viz), per-frame max radius + 1e-5"
+STORE_FORMAT = 1  # bump when the store layout changes; readers refuse other versions
+ZSTD_LEVEL = 3
+
+# Where the official GMA checkpoints live (github.com/zacjiang/GMA, branch main, folder checkpoints/).
+GMA_REPOSITORY = "https://github.com/zacjiang/GMA"
+GMA_CHECKPOINTS = ("gma-sintel.pth", "gma-chairs.pth", "gma-things.pth", "gma-kitti.pth")
+
+PairEstimator = Callable[[np.ndarray, np.ndarray], np.ndarray]
+
+
+# --- params ---------------------------------------------------------------------------------------------
+
+def _check_choice(value: Any, choices: type, field: str) -> None:
+    """Raise ValueError naming the config field unless value is one of the Literal's choices."""
+    if value not in get_args(choices):
+        raise ValueError(f"config {field}: expected one of {list(get_args(choices))}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class GmaParams:
+    """flow.gma: the checkpoint file, refinement iterations, and the autocast dtype (float32 = none)."""
+    checkpoint: str
+    iters: int
+    dtype: GmaDtype
+
+    def __post_init__(self) -> None:
+        _check_choice(self.dtype, GmaDtype, "flow.gma.dtype")
+        if not isinstance(self.iters, int) or self.iters < 1:
+            raise ValueError(f"config flow.gma.iters: expected an integer >= 1, got {self.iters!r}")
+
+
+@dataclass(frozen=True)
+class DisParams:
+    """flow.dis: the OpenCV DIS preset."""
+    preset: DisPreset
+
+    def __post_init__(self) -> None:
+        _check_choice(self.preset, DisPreset, "flow.dis.preset")
+
+
+@dataclass(frozen=True)
+class FlowParams:
+    """The `flow` config section: which estimator, videos per shard, and each estimator's settings."""
+    estimator: EstimatorName
+    shard_size: int
+    gma: GmaParams
+    dis: DisParams
+
+    def __post_init__(self) -> None:
+        _check_choice(self.estimator, EstimatorName, "flow.estimator")
+        if not isinstance(self.shard_size, int) or self.shard_size < 1:
+            raise ValueError(f"config flow.shard_size: expected an integer >= 1, got {self.shard_size!r}")
+
+    @classmethod
+    def from_json(cls, text: str, where: str) -> FlowParams:
+        """Build from the rule's canonical JSON of the flow section; unknown or missing keys name `where`."""
+        raw = json.loads(text)
+        if not isinstance(raw, dict):
+            raise ValueError(f"{where}: expected a mapping, got {type(raw).__name__}")
+        top = params_from_json(_Top, json.dumps(raw), where)
+        return cls(estimator=top.estimator, shard_size=top.shard_size,
+                   gma=params_from_json(GmaParams, json.dumps(top.gma), f"{where}: flow.gma"),
+                   dis=params_from_json(DisParams, json.dumps(top.dis), f"{where}: flow.dis"))
+
+    def as_dict(self) -> dict[str, Any]:
+        """The section as plain JSON types (what a store records in its `params` attribute)."""
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class _Top:
+    """The flow section with its subsections still raw (for key checking only)."""
+    estimator: str
+    shard_size: int
+    gma: dict
+    dis: dict
+
+
+# --- estimators -----------------------------------------------------------------------------------------
+
+DIS_PRESETS = {"ultrafast": cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST, "fast": cv2.DISOPTICAL_FLOW_PRESET_FAST,
+               "medium": cv2.DISOPTICAL_FLOW_PRESET_MEDIUM}
+
+
+def _check_pairs(frames_t: np.ndarray, frames_t1: np.ndarray) -> None:
+    """Both (B, H, W, 3) uint8 of the same shape."""
+    for name, frames in (("frames_t", frames_t), ("frames_t1", frames_t1)):
+        if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
+            raise ValueError(f"{name}: expected (B, H, W, 3) uint8 RGB, got {frames.dtype} {frames.shape}")
+    if frames_t.shape != frames_t1.shape:
+        raise ValueError(f"frames_t {frames_t.shape} and frames_t1 {frames_t1.shape} differ in shape")
+
+
+class DisEstimator:
+    """OpenCV DIS (Kroeger et al. 2016) on grey frames, CPU; the same input always gives the same flow."""
+
+    def __init__(self, preset: DisPreset) -> None:
+        _check_choice(preset, DisPreset, "flow.dis.preset")
+        self.preset = preset
+
+    def __call__(self, frames_t: np.ndarray, frames_t1: np.ndarray) -> np.ndarray:
+        """(B, H, W, 3) uint8 RGB pairs -> (B, H, W, 2) float32 flow F(t -> t+1)."""
+        _check_pairs(frames_t, frames_t1)
+        dis = cv2.DISOpticalFlow.create(DIS_PRESETS[self.preset])  # fresh per call: no state carried over
+        out = np.empty(frames_t.shape[:3] + (2,), np.float32)
+        for b in range(frames_t.shape[0]):
+            grey_t = cv2.cvtColor(frames_t[b], cv2.COLOR_RGB2GRAY)
+            grey_t1 = cv2.cvtColor(frames_t1[b], cv2.COLOR_RGB2GRAY)
+            out[b] = dis.calc(grey_t, grey_t1, None)
+        return out
+
+
+class GmaEstimator:
+    """GMA (pipeline.gma) on its model's device, `batch_size` pairs per forward pass, optional autocast."""
+
+    def __init__(self, model: Any, iters: int, dtype: GmaDtype, batch_size: int) -> None:
+        if batch_size < 1:
+            raise ValueError(f"GMA batch size must be >= 1, got {batch_size}")
+        self.model, self.iters, self.dtype, self.batch_size = model, iters, dtype, batch_size
+
+    def __call__(self, frames_t: np.ndarray, frames_t1: np.ndarray) -> np.ndarray:
+        """(B, H, W, 3) uint8 RGB pairs -> (B, H, W, 2) float32 flow F(t -> t+1)."""
+        from pipeline.gma import estimate_flow
+        _check_pairs(frames_t, frames_t1)
+        parts = [estimate_flow(self.model, frames_t[i:i + self.batch_size], frames_t1[i:i + self.batch_size],
+                               iters=self.iters, dtype=self.dtype)
+                 for i in range(0, frames_t.shape[0], self.batch_size)]
+        return np.concatenate(parts).astype(np.float32, copy=False)
+
+
+def missing_checkpoint_message(path: str | os.PathLike) -> str:
+    """What to do when the configured GMA checkpoint is absent: the file, where to get it, where to put it."""
+    name = Path(path).name
+    source = checkpoint_url(name) if name in GMA_CHECKPOINTS else (
+        f"{GMA_REPOSITORY} (folder checkpoints/: {', '.join(GMA_CHECKPOINTS)})")
+    return (f"config flow.gma.checkpoint: GMA checkpoint {path} does not exist. Download {name} from {source} "
+            f"and put it at {Path(path).resolve()} (or run `snakemake gma_checkpoint` on a machine that is "
+            f"online), or set flow.estimator: dis.")
+
+
+def checkpoint_url(name: str) -> str:
+    """Download URL of an official GMA checkpoint file name (e.g. gma-sintel.pth)."""
+    if name not in GMA_CHECKPOINTS:
+        raise ValueError(f"{name} is not an official GMA checkpoint; known: {', '.join(GMA_CHECKPOINTS)}")
+    return f"{GMA_REPOSITORY}/raw/main/checkpoints/{name}"
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def default_device() -> str:
+    """'cuda' when a GPU is visible, else 'cpu'."""
+    import torch
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def make_estimator(params: FlowParams, device: str | None = None, batch_size: int = 8) -> PairEstimator:
+    """The configured estimator. GMA loads params.gma.checkpoint strictly onto `device` (default: CUDA
+    when present); a missing file raises FileNotFoundError saying where to get it and where to put it."""
+    match params.estimator:
+        case "gma":
+            checkpoint = Path(params.gma.checkpoint)
+            if not checkpoint.is_file():
+                raise FileNotFoundError(missing_checkpoint_message(checkpoint))
+            from pipeline.gma import load_gma
+            model = load_gma(checkpoint, device=device or default_device())
+            return GmaEstimator(model, params.gma.iters, params.gma.dtype, batch_size)
+        case "dis":
+            return DisEstimator(params.dis.preset)
+
+
+# --- per video -----------------------------------------------------------------------------------------
+
+def video_flow(frames: np.ndarray, estimate: PairEstimator) -> np.ndarray:
+    """Flow of every frame of one video (method §2): (T, H, W, 3) uint8 RGB -> (T, H, W, 2) float32.
+
+    Frame t < T-1 gets F(t -> t+1); the last frame gets -F(T-1 -> T-2); a one-frame video gets zeros.
+    All T pairs go to `estimate` in one call (it batches as it likes)."""
+    if frames.ndim != 4 or frames.shape[-1] != 3:
+        raise ValueError(f"video_flow: expected frames (T, H, W, 3), got {frames.shape}")
+    num_frames = frames.shape[0]
+    if num_frames == 1:
+        return np.zeros(frames.shape[:3] + (2,), np.float32)
+    firsts = np.concatenate([frames[:-1], frames[-1:]])  # t = 0..T-2, then T-1
+    seconds = np.concatenate([frames[1:], frames[-2:-1]])  # t+1 = 1..T-1, then T-2
+    flows = estimate(firsts, seconds)  # (T, H, W, 2)
+    if flows.shape != frames.shape[:3] + (2,):
+        raise ValueError(f"estimator returned {flows.shape}, expected {frames.shape[:3] + (2,)}")
+    flows[-1] = -flows[-1]
+    return flows
+
+
+def encode_video(flows: np.ndarray) -> np.ndarray:
+    """(T, H, W, 2) float flow -> (T, H, W, 3) uint8, each frame normalised on its own (flow_to_rgb)."""
+    return np.stack([flow_to_rgb(flow) for flow in flows])
+
+
+def read_frames(root: str | os.PathLike, video: Video) -> np.ndarray:
+    """The video's frames as (T, H, W, 3) uint8 RGB; errors name the video id and the frame file."""
+    frames = np.empty((video.length, video.height, video.width, 3), np.uint8)
+    for t, name in enumerate(video.file_names):
+        path = Path(root) / FRAMES_DIR / name
+        image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        if image is None:
+            raise FileNotFoundError(f"video {video.id}: frame {t} {path} is missing or not a readable image")
+        if image.shape[:2] != (video.height, video.width):
+            raise ValueError(f"video {video.id}: frame {t} {path} is {image.shape[1]}x{image.shape[0]}, "
+                             f"train.json says {video.width}x{video.height}")
+        cv2.cvtColor(image, cv2.COLOR_BGR2RGB, dst=frames[t])
+    return frames
+
+
+# --- stores ---------------------------------------------------------------------------------------------
+
+def store_attributes(params: FlowParams, videos: Sequence[int], checkpoint_sha256: str | None) -> dict:
+    """Group attributes of a flow store made with `params` for `videos`."""
+    gma = params.estimator == "gma"
+    return {"format": STORE_FORMAT, "encoding": ENCODING, "estimator": params.estimator,
+            "params": params.as_dict(), "checkpoint_sha256": checkpoint_sha256 if gma else None,
+            "iters": params.gma.iters if gma else None,
+            "dtype": params.gma.dtype if gma else "float32", "videos": [int(v) for v in videos]}
+
+
+def write_video(group: zarr.Group, video_id: int, rgb: np.ndarray) -> None:
+    """Store one video's (T, H, W, 3) uint8 encoded flow as array str(video_id), chunk one frame, Zstd."""
+    array = group.create_array(name=str(video_id), shape=rgb.shape, dtype="uint8",
+                               chunks=(1,) + rgb.shape[1:], compressors=zarr.codecs.ZstdCodec(level=ZSTD_LEVEL),
+                               fill_value=0)
+    array[...] = rgb  # whole video in one assignment
+
+
+def remove_stale_temps(out: Path) -> list[Path]:
+    """Delete temporary folders a killed job left beside `out` (pipeline.io.atomic_dir names them .<name>.*.tmp)."""
+    stale = sorted(out.parent.glob(f".{out.name}.*.tmp")) if out.parent.is_dir() else []
+    for path in stale:
+        shutil.rmtree(path, ignore_errors=True)
+    return stale
+
+
+class FlowStoreMismatch(ValueError):
+    """A flow store made with settings other than the expected ones."""
+
+
+def open_flow_store(path: str | os.PathLike, expected: FlowParams, videos: Sequence[int] | None = None,
+                    checkpoint_sha256: str | None = None) -> zarr.Group:
+    """Open a flow store read-only after checking it was made with `expected` (and for `videos`, and with
+    the checkpoint `checkpoint_sha256` when given); any difference raises FlowStoreMismatch."""
+    path = Path(path)
+    if not (path / "zarr.json").is_file():
+        raise FileNotFoundError(f"{path}: no flow store here (run rule flow for this shard)")
+    group = zarr.open_group(path, mode="r", zarr_format=3)
+    attrs = dict(group.attrs)
+    fix = f"; delete {path} and rerun rule flow for this shard"
+    if attrs.get("format") != STORE_FORMAT:
+        raise FlowStoreMismatch(f"{path}: store format {attrs.get('format')!r}, this code reads {STORE_FORMAT}{fix}")
+    diffs = _dict_diff(attrs.get("params"), expected.as_dict(), "flow")
+    if diffs:
+        raise FlowStoreMismatch(f"{path}: made with other flow settings: {'; '.join(diffs)}{fix}")
+    if videos is not None and [int(v) for v in videos] != attrs.get("videos"):
+        raise FlowStoreMismatch(f"{path}: holds videos {attrs.get('videos')}, expected {list(videos)}{fix}")
+    if checkpoint_sha256 is not None and attrs.get("checkpoint_sha256") != checkpoint_sha256:
+        raise FlowStoreMismatch(f"{path}: made with GMA checkpoint sha256 {attrs.get('checkpoint_sha256')}, "
+                                f"the configured file has {checkpoint_sha256}{fix}")
+    missing = [v for v in attrs["videos"] if str(v) not in group]
+    if missing:
+        raise FlowStoreMismatch(f"{path}: incomplete, no arrays for videos {missing[:10]}{fix}")
+    return group
+
+
+def _dict_diff(found: Any, expected: Any, where: str) -> list[str]:
+    """'key: store X, expected Y' for every leaf that differs between two nested dicts."""
+    if isinstance(found, dict) and isinstance(expected, dict):
+        out = []
+        for key in sorted(set(found) | set(expected)):
+            out += _dict_diff(found.get(key, "<absent>"), expected.get(key, "<absent>"), f"{where}.{key}")
+        return out
+    return [] if found == expected else [f"{where}: store {found!r}, expected {expected!r}"]
+
+
+# --- one shard ------------------------------------------------------------------------------------------
+
+@dataclass
+class ShardTimes:
+    """Seconds spent per step of a shard job."""
+    decode: float = 0.0
+    estimate: float = 0.0
+    encode: float = 0.0
+    write: float = 0.0
+
+
+def write_shard(out: str | os.PathLike, root: str | os.PathLike, videos: Sequence[Video],
+                estimate: PairEstimator, attributes: dict, progress: bool = True) -> ShardTimes:
+    """Compute and store the encoded flow of `videos` into a new store at `out`, atomically."""
+    out = Path(out)
+    times = ShardTimes()
+    remove_stale_temps(out)
+    with atomic_dir(out) as tmp:
+        group = zarr.open_group(tmp, mode="w", zarr_format=3)
+        bar = tqdm(videos, desc=f"flow {out.name}", unit="video", disable=not progress, file=sys.stderr)
+        for video in bar:
+            start = time.perf_counter()
+            frames = read_frames(root, video)
+            mid = time.perf_counter()
+            flows = video_flow(frames, estimate)
+            enc = time.perf_counter()
+            rgb = encode_video(flows)
+            wr = time.perf_counter()
+            write_video(group, video.id, rgb)
+            end = time.perf_counter()
+            times.decode += mid - start
+            times.estimate += enc - mid
+            times.encode += wr - enc
+            times.write += end - wr
+        group.attrs.update(attributes)
+    return times
+
+
+def main(argv: list[str] | None = None) -> None:
+    """CLI of rule `flow`: one shard of videos -> one Zarr store, plus a JSON log of its speed."""
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--root", required=True, help="dataset folder holding JPEGImages/")
+    ap.add_argument("--annotations", required=True, help="train.json (relative to --root, or absolute)")
+    ap.add_argument("--shard", type=int, required=True)
+    ap.add_argument("--params", required=True, help="the flow config section as JSON")
+    ap.add_argument("--out", required=True, help="the store to write, results/flow/shard_K.zarr")
+    ap.add_argument("--log-json", required=True, help="per-shard JSON log (frames, seconds, frames/s)")
+    ap.add_argument("--num-videos", type=int, help="videos the workflow planned its shards for")
+    ap.add_argument("--batch-size", type=int, default=8, help="GMA pairs per forward pass (runtime knob)")
+    ap.add_argument("--device", help="GMA device (default: cuda when present, else cpu)")
+    ap.add_argument("--threads", type=int, help="CPU threads for OpenCV / torch")
+    args = ap.parse_args(argv)
+    log = setup_logging()
+    if args.threads:
+        cv2.setNumThreads(args.threads)
+        import torch
+        torch.set_num_threads(args.threads)
+    params = FlowParams.from_json(args.params, "--params (config section flow)")
+    dataset = load_ytvis(args.root, args.annotations, check_files=False)
+    if args.num_videos is not None and len(dataset.videos) != args.num_videos:
+        raise ValueError(f"{dataset.annotation_file} lists {len(dataset.videos)} videos, but the workflow planned "
+                         f"its flow shards for {args.num_videos} (the JPEGImages/ folder count or "
+                         f"dataset.synthetic.videos); the dataset changed since: rerun snakemake so it replans")
+    shard_ids = videos_of_shard([v.id for v in dataset.videos], args.shard, params.shard_size)
+    by_id = {v.id: v for v in dataset.videos}
+    videos = [by_id[i] for i in shard_ids]
+    estimate = make_estimator(params, args.device, args.batch_size)
+    sha = file_sha256(params.gma.checkpoint) if params.estimator == "gma" else None
+    log.info("shard %d: %d videos, estimator %s", args.shard, len(videos), params.estimator)
+    start = time.perf_counter()
+    times = write_shard(args.out, args.root, videos, estimate, store_attributes(params, shard_ids, sha))
+    seconds = time.perf_counter() - start
+    frames = sum(v.length for v in videos)
+    write_json_atomic(args.log_json, {
+        "shard": args.shard, "videos": len(videos), "frames": frames, "seconds": round(seconds, 3),
+        "frames_per_s": round(frames / seconds, 3) if seconds > 0 else None, "estimator": params.estimator,
+        "steps_seconds": {k: round(v, 3) for k, v in dataclasses.asdict(times).items()}})
+    log.info("shard %d: %d frames in %.1f s (%.1f frames/s)", args.shard, frames, seconds, frames / seconds)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,323 @@
+"""Flow stage: DIS on known translations, the last-frame / one-frame rules, the shard store, atomicity."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import yaml
+import zarr
+
+from pipeline import flow
+from pipeline.flow import (DisEstimator, FlowParams, FlowStoreMismatch, GmaEstimator, encode_video, file_sha256,
+                           make_estimator, open_flow_store, store_attributes, video_flow, write_shard)
+from pipeline.flow_codec import flow_to_rgb
+from pipeline.ytvis import load_ytvis
+
+REPO = Path(__file__).resolve().parents[2]
+SECTION = {"estimator": "dis", "shard_size": 2,
+           "gma": {"checkpoint": "weights/gma-sintel.pth", "iters": 12, "dtype": "float32"},
+           "dis": {"preset": "medium"}}
+
+
+def params(**changes) -> FlowParams:
+    """FlowParams from SECTION with top-level or 'gma.x' / 'dis.x' keys replaced."""
+    section = json.loads(json.dumps(SECTION))
+    for key, value in changes.items():
+        if "__" in key:
+            outer, inner = key.split("__")
+            section[outer][inner] = value
+        else:
+            section[key] = value
+    return FlowParams.from_json(json.dumps(section), "test")
+
+
+def texture(height: int, width: int, seed: int) -> np.ndarray:
+    """(H, W, 3) uint8 smooth random texture (blurred noise), rich enough for DIS."""
+    rng = np.random.default_rng(seed)
+    noise = rng.random((height, width, 3)).astype(np.float32)
+    smooth = cv2.GaussianBlur(noise, (0, 0), 2.0)
+    smooth = (smooth - smooth.min()) / (smooth.max() - smooth.min())
+    return (smooth * 255).astype(np.uint8)
+
+
+def translating_video(num_frames: int, height: int, width: int, du: int, dv: int, seed: int) -> np.ndarray:
+    """(T, H, W, 3) frames of a texture moving by (du, dv) pixels per frame: frame t+1 (x) = frame t (x - du)."""
+    margin = (num_frames + 1) * max(abs(du), abs(dv)) + 1
+    big = texture(height + 2 * margin, width + 2 * margin, seed)
+    return np.stack([big[margin - t * dv:margin - t * dv + height, margin - t * du:margin - t * du + width]
+                     for t in range(num_frames)])
+
+
+def make_dataset(root: Path, lengths: list[int], height: int = 48, width: int = 64) -> dict[int, np.ndarray]:
+    """A YouTube-VIS folder with PNG frames (lossless) of translating textures; returns frames by video id."""
+    videos, frames_by_id = [], {}
+    for i, length in enumerate(lengths):
+        vid = 10 + 3 * i  # ids not starting at 1, not contiguous
+        frames = translating_video(length, height, width, du=1 + i % 3, dv=-(i % 2), seed=i)
+        names = []
+        for t, frame in enumerate(frames):
+            name = f"v{vid}/{t:05d}.png"
+            (root / "JPEGImages" / f"v{vid}").mkdir(parents=True, exist_ok=True)
+            cv2.imwrite(str(root / "JPEGImages" / name), cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+            names.append(name)
+        videos.append({"id": vid, "width": width, "height": height, "length": length, "file_names": names})
+        frames_by_id[vid] = frames
+    categories = [{"id": 1, "name": "thing", "supercategory": "thing"}]
+    (root / "train.json").write_text(json.dumps({"videos": videos, "annotations": [], "categories": categories}))
+    return frames_by_id
+
+
+def run_cli(root: Path, out: Path, shard: int, section: dict, **extra: str) -> None:
+    """Run pipeline.flow.main in-process on shard `shard`."""
+    argv = ["--root", str(root), "--annotations", "train.json", "--shard", str(shard), "--params",
+            json.dumps(section), "--out", str(out), "--log-json", str(out.parent / f"shard_{shard}.json")]
+    for key, value in extra.items():
+        argv += [f"--{key.replace('_', '-')}", value]
+    flow.main(argv)
+
+
+def store_bytes(path: Path) -> dict[str, bytes]:
+    """Every file of a store, by relative path."""
+    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+# --- params ---------------------------------------------------------------------------------------------
+
+def test_params_from_config_yaml():
+    section = yaml.safe_load((REPO / "config.yaml").read_text())["flow"]
+    p = FlowParams.from_json(json.dumps(section, sort_keys=True), "config")
+    assert p.as_dict() == section
+
+
+def test_params_errors_name_the_field():
+    with pytest.raises(ValueError, match="flow.estimator"):
+        params(estimator="raft")
+    with pytest.raises(ValueError, match="flow.dis.preset"):
+        params(dis__preset="slow")
+    with pytest.raises(ValueError, match="flow.gma.dtype"):
+        params(gma__dtype="int8")
+    with pytest.raises(ValueError, match=r"unknown keys \['extra'\]"):
+        FlowParams.from_json(json.dumps({**SECTION, "extra": 1}), "test")
+    with pytest.raises(ValueError, match="flow.gma.*missing keys"):
+        FlowParams.from_json(json.dumps({**SECTION, "gma": {"iters": 1, "dtype": "float32"}}), "test")
+
+
+# --- estimators and per-video rules ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("du, dv", [(2, 0), (-1, 3)])
+def test_dis_recovers_translation(du, dv):
+    frames = translating_video(2, 64, 80, du, dv, seed=1)
+    est = DisEstimator("medium")(frames[:1], frames[1:])
+    assert est.shape == (1, 64, 80, 2) and est.dtype == np.float32
+    interior = est[0, 8:-8, 8:-8]
+    assert np.allclose(np.median(interior.reshape(-1, 2), axis=0), (du, dv), atol=0.1)
+    assert np.abs(interior - (du, dv)).mean() < 0.3
+
+
+def test_dis_is_deterministic():
+    frames = translating_video(2, 40, 56, 1, 1, seed=2)
+    dis = DisEstimator("fast")
+    assert np.array_equal(dis(frames[:1], frames[1:]), dis(frames[:1], frames[1:]))
+
+
+def mean_difference_estimator(frames_t: np.ndarray, frames_t1: np.ndarray) -> np.ndarray:
+    """A stand-in estimator whose output identifies the pair: u = mean(second) - mean(first), v = 1."""
+    diff = frames_t1.reshape(len(frames_t1), -1).mean(1) - frames_t.reshape(len(frames_t), -1).mean(1)
+    out = np.ones(frames_t.shape[:3] + (2,), np.float32)
+    out[..., 0] = diff[:, None, None]
+    return out
+
+
+def test_video_flow_last_and_single_frame_rules():
+    rng = np.random.default_rng(3)
+    frames = rng.integers(0, 256, (4, 5, 6, 3), dtype=np.uint8)
+    means = frames.reshape(4, -1).mean(1)
+    out = video_flow(frames, mean_difference_estimator)
+    assert out.shape == (4, 5, 6, 2)
+    for t in range(3):  # F(t -> t+1)
+        assert np.allclose(out[t, ..., 0], np.float32(means[t + 1] - means[t]))
+        assert (out[t, ..., 1] == 1).all()
+    # last frame: -F(3 -> 2) = -(mean2 - mean3, 1)
+    assert np.allclose(out[3, ..., 0], -np.float32(means[2] - means[3]))
+    assert (out[3, ..., 1] == -1).all()
+    single = video_flow(frames[:1], mean_difference_estimator)
+    assert single.shape == (1, 5, 6, 2) and not single.any()
+
+
+def test_video_flow_dis_last_frame_continues_motion():
+    # a steady translation: the last frame's -F(t -> t-1) is the same motion as the others
+    frames = translating_video(3, 64, 80, 2, 1, seed=4)
+    out = video_flow(frames, DisEstimator("medium"))
+    for t in range(3):
+        assert np.allclose(np.median(out[t, 8:-8, 8:-8].reshape(-1, 2), axis=0), (2, 1), atol=0.15), t
+
+
+def test_gma_missing_checkpoint_message(tmp_path):
+    path = tmp_path / "weights" / "gma-sintel.pth"
+    with pytest.raises(FileNotFoundError) as info:
+        make_estimator(params(estimator="gma", gma__checkpoint=str(path)))
+    message = str(info.value)
+    assert str(path) in message and "flow.gma.checkpoint" in message
+    assert "https://github.com/zacjiang/GMA/raw/main/checkpoints/gma-sintel.pth" in message
+
+
+def random_gma_checkpoint(path: Path) -> None:
+    """Save a GMA with seeded random weights, in the released files' layout (module. prefix)."""
+    import torch
+    from pipeline.gma import GMA
+    torch.manual_seed(0)
+    model = GMA()
+    with torch.no_grad():
+        model.update_block.aggregator.gamma.fill_(0.5)
+    torch.save({f"module.{k}": v for k, v in model.state_dict().items()}, path)
+
+
+def test_gma_batched_equals_one_pair_at_a_time(tmp_path):
+    import torch
+    torch.set_num_threads(1)
+    checkpoint = tmp_path / "gma-sintel.pth"
+    random_gma_checkpoint(checkpoint)
+    p = params(estimator="gma", gma__checkpoint=str(checkpoint), gma__iters=2)
+    frames = translating_video(2, 40, 48, 1, 0, seed=5)
+    batched = make_estimator(p, "cpu", batch_size=2)
+    single = GmaEstimator(batched.model, 2, "float32", batch_size=1)
+    a = video_flow(frames, batched)
+    b = video_flow(frames, single)
+    assert a.shape == (2, 40, 48, 2) and np.isfinite(a).all()
+    assert np.allclose(a, b, atol=1e-3)
+
+
+# --- the shard store ------------------------------------------------------------------------------------
+
+def test_shard_store_contents_and_attributes(tmp_path):
+    root = tmp_path / "data"
+    frames = make_dataset(root, lengths=[3, 1, 2, 4])  # ids 10, 13, 16, 19; shard_size 2
+    out = tmp_path / "results" / "shard_1.zarr"
+    run_cli(root, out, 1, SECTION, num_videos="4")
+    group = open_flow_store(out, params(), videos=[16, 19])
+    assert group.attrs["estimator"] == "dis" and group.attrs["videos"] == [16, 19]
+    assert group.attrs["params"] == SECTION and group.attrs["checkpoint_sha256"] is None
+    assert sorted(group.array_keys()) == ["16", "19"]
+    dis = DisEstimator("medium")
+    for vid in (16, 19):
+        array = group[str(vid)]
+        video = frames[vid]
+        assert array.shape == video.shape and array.dtype == np.uint8
+        assert array.chunks == (1,) + video.shape[1:]
+        assert "zstd" in type(array.compressors[0]).__name__.lower()
+        # brute force: each pair through DIS, the last one reversed and negated, each frame encoded
+        expected = [flow_to_rgb(dis(video[t:t + 1], video[t + 1:t + 2])[0]) for t in range(len(video) - 1)]
+        expected.append(flow_to_rgb(-dis(video[-1:], video[-2:-1])[0]))
+        assert np.array_equal(array[...], np.stack(expected))
+    log = json.loads((out.parent / "shard_1.json").read_text())
+    assert log["frames"] == 6 and log["estimator"] == "dis" and log["frames_per_s"] > 0
+    # the one-frame video sits in shard 0: white (zero flow)
+    out0 = tmp_path / "results" / "shard_0.zarr"
+    run_cli(root, out0, 0, SECTION)
+    assert (open_flow_store(out0, params())["13"][...] == 255).all()
+
+
+def test_store_settings_mismatch_is_an_error(tmp_path):
+    root = tmp_path / "data"
+    make_dataset(root, lengths=[2])
+    out = tmp_path / "shard_0.zarr"
+    run_cli(root, out, 0, SECTION)
+    with pytest.raises(FlowStoreMismatch, match=r"flow.dis.preset: store 'medium', expected 'fast'"):
+        open_flow_store(out, params(dis__preset="fast"))
+    with pytest.raises(FlowStoreMismatch, match="flow.estimator"):
+        open_flow_store(out, params(estimator="gma"))
+    with pytest.raises(FlowStoreMismatch, match="holds videos"):
+        open_flow_store(out, params(), videos=[11])
+    with pytest.raises(FileNotFoundError, match="no flow store"):
+        open_flow_store(tmp_path / "shard_9.zarr", params())
+
+
+def test_gma_store_records_checkpoint(tmp_path):
+    root = tmp_path / "data"
+    make_dataset(root, lengths=[2], height=32, width=40)
+    checkpoint = tmp_path / "gma-sintel.pth"
+    random_gma_checkpoint(checkpoint)
+    section = {**SECTION, "estimator": "gma", "gma": {"checkpoint": str(checkpoint), "iters": 1, "dtype": "float32"}}
+    out = tmp_path / "shard_0.zarr"
+    run_cli(root, out, 0, section, device="cpu", threads="1")
+    sha = __import__("hashlib").sha256(checkpoint.read_bytes()).hexdigest()
+    p = FlowParams.from_json(json.dumps(section), "test")
+    group = open_flow_store(out, p, checkpoint_sha256=sha)
+    assert group.attrs["checkpoint_sha256"] == sha == file_sha256(checkpoint)
+    assert group.attrs["iters"] == 1 and group.attrs["dtype"] == "float32"
+    with pytest.raises(FlowStoreMismatch, match="checkpoint sha256"):
+        open_flow_store(out, p, checkpoint_sha256="0" * 64)
+
+
+def test_dataset_changed_is_an_error(tmp_path):
+    root = tmp_path / "data"
+    make_dataset(root, lengths=[2, 2])
+    with pytest.raises(ValueError, match="lists 2 videos, but the workflow planned its flow shards for 3"):
+        run_cli(root, tmp_path / "shard_0.zarr", 0, SECTION, num_videos="3")
+
+
+def test_failed_job_leaves_nothing_and_stale_temps_are_removed(tmp_path):
+    root = tmp_path / "data"
+    make_dataset(root, lengths=[2, 3])
+    videos = load_ytvis(root, "train.json").videos
+    out = tmp_path / "shard_0.zarr"
+    calls = []
+
+    def failing(frames_t, frames_t1):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("estimator died")
+        return DisEstimator("fast")(frames_t, frames_t1)
+
+    with pytest.raises(RuntimeError, match="estimator died"):
+        write_shard(out, root, videos, failing, store_attributes(params(), [10, 13], None), progress=False)
+    assert list(tmp_path.iterdir()) == [root]  # neither the store nor a temporary folder
+    stale = tmp_path / ".shard_0.zarr.abc123.tmp"  # as a SIGKILLed job would leave it
+    stale.mkdir()
+    (stale / "zarr.json").write_text("{}")
+    write_shard(out, root, videos, DisEstimator("fast"), store_attributes(params(), [10, 13], None), progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "shard_0.zarr"]
+    assert sorted(zarr.open_group(out, mode="r").array_keys()) == ["10", "13"]
+
+
+@pytest.mark.slow
+def test_sigkill_and_rerun_is_byte_identical(tmp_path):
+    root = tmp_path / "data"
+    make_dataset(root, lengths=[6] * 8, height=96, width=128)
+    section = {**SECTION, "shard_size": 8}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+
+    def command(out: Path) -> list[str]:
+        return [sys.executable, "-m", "pipeline.flow", "--root", str(root), "--annotations", "train.json",
+                "--shard", "0", "--params", json.dumps(section), "--out", str(out), "--log-json",
+                str(out.with_suffix(".json")), "--threads", "1"]
+
+    reference = tmp_path / "a" / "shard_0.zarr"
+    subprocess.run(command(reference), env=env, check=True, capture_output=True)
+    out = tmp_path / "b" / "shard_0.zarr"
+    proc = subprocess.Popen(command(out), env=env, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:  # kill once a video array is in the temporary store
+        if any(out.parent.glob(".shard_0.zarr.*.tmp/1[0-9]/zarr.json")):
+            break
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    assert not out.exists(), "the job finished before it could be killed; make the dataset bigger"
+    assert any(out.parent.glob(".shard_0.zarr.*.tmp"))  # a half-written temporary store was left
+    with pytest.raises(FileNotFoundError):
+        open_flow_store(out, params(shard_size=8))
+    subprocess.run(command(out), env=env, check=True, capture_output=True)
+    assert sorted(p.name for p in out.parent.iterdir()) == ["shard_0.json", "shard_0.zarr"]
+    assert store_bytes(out) == store_bytes(reference)
+    open_flow_store(out, params(shard_size=8), videos=[10 + 3 * i for i in range(8)])
