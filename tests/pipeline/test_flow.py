@@ -321,3 +321,63 @@ def test_sigkill_and_rerun_is_byte_identical(tmp_path):
     assert sorted(p.name for p in out.parent.iterdir()) == ["shard_0.json", "shard_0.zarr"]
     assert store_bytes(out) == store_bytes(reference)
     open_flow_store(out, params(shard_size=8), videos=[10 + 3 * i for i in range(8)])
+
+
+# --- flow quality and the checkpoint rule ----------------------------------------------------------------
+
+def test_endpoint_errors_against_a_loop():
+    from pipeline.flow_quality import endpoint_errors
+    rng = np.random.default_rng(6)
+    a, b = rng.standard_normal((2, 2, 3, 4, 2)).astype(np.float32)
+    errors = endpoint_errors(a, b)
+    for index in np.ndindex(2, 3, 4):
+        du, dv = float(a[index][0]) - float(b[index][0]), float(a[index][1]) - float(b[index][1])
+        assert errors[index] == pytest.approx((du * du + dv * dv) ** 0.5)
+
+
+def test_flow_quality_on_known_translations(tmp_path):
+    from pipeline import flow_quality
+    root = tmp_path / "data"
+    frames = make_dataset(root, lengths=[3, 2], height=64, width=80)
+    (root / "flow_gt").mkdir()
+    motions = {10: (1, 0), 13: (2, -1)}  # make_dataset: du = 1 + i % 3, dv = -(i % 2)
+    for vid, (du, dv) in motions.items():
+        truth = np.zeros((len(frames[vid]) - 1, 64, 80, 2), np.float32)
+        truth[..., 0], truth[..., 1] = du, dv
+        np.save(root / "flow_gt" / f"v{vid}.npy", truth)
+    out = tmp_path / "quality.json"
+    flow_quality.main(["--root", str(root), "--annotations", "train.json", "--gt-dir", str(root / "flow_gt"),
+                       "--params", json.dumps(SECTION), "--out", str(out)])
+    report = json.loads(out.read_text())
+    assert set(report["videos"]) == {"10", "13"} and report["estimator"] == "dis"
+    dis = DisEstimator("medium")
+    errors = {vid: np.hypot(*(dis(f[:-1], f[1:]) - motions[vid]).transpose(3, 0, 1, 2)) for vid, f in frames.items()}
+    for vid, e in errors.items():
+        assert report["videos"][str(vid)]["epe"] == pytest.approx(e.mean(), rel=1e-6)
+        assert report["videos"][str(vid)]["pixels"] == e.size
+    every = np.concatenate([e.ravel() for e in errors.values()])
+    assert report["overall"]["epe"] == pytest.approx(every.mean(), rel=1e-6)
+    assert report["overall"]["outliers_3px"] == pytest.approx((every > 3).mean())
+    assert report["overall"]["epe"] < 0.5  # DIS on clean translating texture
+
+
+def test_gma_checkpoint_fetch(tmp_path):
+    from pipeline.gma_checkpoint import CheckpointUnavailable, fetch_checkpoint, main
+    source = tmp_path / "src" / "gma-sintel.pth"
+    source.parent.mkdir()
+    random_gma_checkpoint(source)
+    dest = tmp_path / "weights" / "gma-sintel.pth"
+    fetch_checkpoint(source.as_uri(), dest)
+    assert dest.read_bytes() == source.read_bytes()
+    broken = tmp_path / "src" / "broken.pth"
+    broken.write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointUnavailable, match="does not load strictly") as info:
+        fetch_checkpoint(broken.as_uri(), tmp_path / "weights" / "gma-kitti.pth")
+    assert str((tmp_path / "weights" / "gma-kitti.pth").resolve()) in str(info.value)
+    url = "http://127.0.0.1:9/checkpoints/gma-things.pth"  # nothing listens on the discard port
+    with pytest.raises(CheckpointUnavailable, match="could not download") as info:
+        fetch_checkpoint(url, tmp_path / "weights" / "gma-things.pth", timeout=5)
+    assert url in str(info.value) and "gma-things.pth" in str(info.value)
+    assert sorted(p.name for p in (tmp_path / "weights").iterdir()) == ["gma-sintel.pth"]  # no temporaries
+    with pytest.raises(CheckpointUnavailable, match="flow.gma.checkpoint"):
+        main(["--dest", str(tmp_path / "weights" / "mine.pth")])

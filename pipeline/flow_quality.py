@@ -1,0 +1,100 @@
+"""Score the configured flow estimator against the synthetic dataset's ground truth (rule `flow_quality`).
+
+For every video, the forward flow F(t -> t+1), t < T-1, of the configured estimator is compared with
+`<gt-dir>/<video folder>.npy` ((T-1, H, W, 2) float32, written by pipeline.synthetic): endpoint error
+EPE = mean ||F - F_gt||_2 and the share of pixels whose error exceeds 3 px, per video and over all pixels.
+
+CLI: python -m pipeline.flow_quality --root R --annotations train.json --gt-dir R/flow_gt --params JSON
+  --out results/flow/quality.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import posixpath
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+from pipeline.flow import FlowParams, PairEstimator, make_estimator, read_frames
+from pipeline.io import setup_logging, write_json_atomic
+from pipeline.ytvis import Video, load_ytvis
+
+OUTLIER_PX = 3.0  # an endpoint error above this counts as an outlier
+
+
+def endpoint_errors(estimated: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    """(N, H, W, 2) flows -> (N, H, W) float64 Euclidean distance between the vectors."""
+    if estimated.shape != truth.shape:
+        raise ValueError(f"estimated flow {estimated.shape} and ground truth {truth.shape} differ in shape")
+    diff = estimated.astype(np.float64) - truth.astype(np.float64)
+    return np.sqrt((diff ** 2).sum(axis=-1))
+
+
+def summarise(errors: np.ndarray) -> dict:
+    """EPE, outlier share and pixel count of an array of endpoint errors."""
+    return {"epe": float(errors.mean()), "outliers_3px": float((errors > OUTLIER_PX).mean()),
+            "pixels": int(errors.size)}
+
+
+def ground_truth_path(gt_dir: str | Path, video: Video) -> Path:
+    """`<gt_dir>/<folder of the video's frames>.npy`."""
+    return Path(gt_dir) / f"{posixpath.dirname(video.file_names[0])}.npy"
+
+
+def score_video(root: str | Path, gt_dir: str | Path, video: Video, estimate: PairEstimator) -> np.ndarray:
+    """(T-1, H, W) endpoint errors of the forward flow of one video against its ground truth."""
+    path = ground_truth_path(gt_dir, video)
+    if not path.is_file():
+        raise FileNotFoundError(f"video {video.id}: ground-truth flow {path} does not exist")
+    truth = np.load(path)
+    expected = (video.length - 1, video.height, video.width, 2)
+    if truth.shape != expected:
+        raise ValueError(f"video {video.id}: ground truth {path} has shape {truth.shape}, expected {expected}")
+    if video.length < 2:
+        return np.zeros((0, video.height, video.width))
+    frames = read_frames(root, video)
+    return endpoint_errors(estimate(frames[:-1], frames[1:]), truth)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """CLI of rule `flow_quality`."""
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--root", required=True)
+    ap.add_argument("--annotations", required=True)
+    ap.add_argument("--gt-dir", required=True, help="folder of <video>.npy ground-truth forward flows")
+    ap.add_argument("--params", required=True, help="the flow config section as JSON")
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--batch-size", type=int, default=8, help="GMA pairs per forward pass")
+    ap.add_argument("--device", help="GMA device (default: cuda when present)")
+    ap.add_argument("--threads", type=int, help="CPU threads for OpenCV / torch")
+    args = ap.parse_args(argv)
+    log = setup_logging()
+    if args.threads:
+        cv2.setNumThreads(args.threads)
+    params = FlowParams.from_json(args.params, "--params (config section flow)")
+    dataset = load_ytvis(args.root, args.annotations, check_files=False)
+    estimate = make_estimator(params, args.device, args.batch_size)
+    start = time.perf_counter()
+    per_video, all_errors = {}, []
+    for video in tqdm(dataset.videos, desc="flow quality", unit="video", file=sys.stderr):
+        errors = score_video(args.root, args.gt_dir, video, estimate)
+        if errors.size:
+            per_video[str(video.id)] = summarise(errors)
+            all_errors.append(errors.ravel())
+    if not all_errors:
+        raise ValueError(f"{dataset.annotation_file}: no video has two frames; nothing to score")
+    overall = summarise(np.concatenate(all_errors))
+    write_json_atomic(args.out, {"estimator": params.estimator, "params": params.as_dict(),
+                                 "outlier_threshold_px": OUTLIER_PX, "overall": overall, "videos": per_video,
+                                 "seconds": round(time.perf_counter() - start, 3)})
+    log.info("flow quality (%s): EPE %.3f px, %.1f %% of pixels > %g px", params.estimator, overall["epe"],
+             100 * overall["outliers_3px"], OUTLIER_PX)
+
+
+if __name__ == "__main__":
+    main()
