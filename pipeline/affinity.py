@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import logging
 import math
@@ -79,16 +80,22 @@ def grid_shape(height: int, width: int) -> tuple[int, int]:
 
 
 def pool_sum_counts(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-cell sums of a uint8 (H, W, C) image over 4×4 cells: int32 (h, w, C), and pixel counts (h, w, 1)."""
-    height, width = image.shape[:2]
+    """Per-cell sums of a uint8 (H, W, C) image over 4×4 cells: uint16 (h, w, C), and pixel counts (h, w, 1)."""
+    height, width, channels = image.shape
     h, w = grid_shape(height, width)
-    padded = np.zeros((h * GRID_STRIDE, w * GRID_STRIDE, image.shape[2]), dtype=np.uint16)
-    padded[:height, :width] = image
-    rows = padded[0::4] + padded[1::4] + padded[2::4] + padded[3::4]          # (h, 4w, C) ≤ 1020
-    sums = (rows[:, 0::4] + rows[:, 1::4] + rows[:, 2::4] + rows[:, 3::4]).astype(np.int32)  # (h, w, C)
+    if (height, width) != (h * GRID_STRIDE, w * GRID_STRIDE):       # partial cells: zero-pad to whole cells
+        padded = np.zeros((h * GRID_STRIDE, w * GRID_STRIDE, channels), dtype=np.uint8)
+        padded[:height, :width] = image
+        image = padded
+    rows = image[0::4].astype(np.uint16)                             # (h, 4w, C), sums ≤ 4·255
+    rows += image[1::4]
+    rows += image[2::4]
+    rows += image[3::4]
+    cells = rows.reshape(h, w, GRID_STRIDE, channels)                # (h, 4w, C) -> (h, w, 4, C)
+    sums = cells[:, :, 0] + cells[:, :, 1] + cells[:, :, 2] + cells[:, :, 3]  # (h, w, C), ≤ 16·255
     row_counts = np.minimum(height - GRID_STRIDE * np.arange(h), GRID_STRIDE)
     col_counts = np.minimum(width - GRID_STRIDE * np.arange(w), GRID_STRIDE)
-    counts = (row_counts[:, None] * col_counts[None, :]).astype(np.int32)[..., None]  # (h, w, 1)
+    counts = (row_counts[:, None] * col_counts[None, :]).astype(np.uint16)[..., None]  # (h, w, 1)
     return sums, counts
 
 
@@ -101,7 +108,7 @@ def pool_rgb_uint8(image: np.ndarray) -> np.ndarray:
 def pool_unit(image: np.ndarray) -> np.ndarray:
     """4×4 average pool of uint8 (H, W, C) scaled to [0, 1]: float32 (h, w, C) = mean / 255."""
     sums, counts = pool_sum_counts(image)
-    return (sums.astype(np.float32) / (counts.astype(np.float32) * np.float32(255.0))).astype(np.float32)
+    return sums.astype(np.float32) / (counts.astype(np.float32) * np.float32(255.0))
 
 
 def _overlap(offset: int, size: int) -> tuple[slice, slice]:
@@ -112,7 +119,8 @@ def _overlap(offset: int, size: int) -> tuple[slice, slice]:
 def neighbour_similarity(features: np.ndarray, theta: float) -> np.ndarray:
     """S[k, y, x] = exp(−‖f[:, y, x] − f[:, y+dy_k, x+dx_k]‖₂ / θ) for features (C, H, W): float32 (8, H, W).
 
-    (dy_k, dx_k) = NEIGHBOUR_OFFSETS[k]; S = 0 where the neighbour lies outside the frame.
+    (dy_k, dx_k) = NEIGHBOUR_OFFSETS[k]; S = 0 where the neighbour lies outside the frame. Offsets k and
+    7 − k are opposite, so each pair's value is computed once (for k ≥ 4) and shifted into map 7 − k.
     """
     if features.ndim != 3:
         raise ValueError(f"neighbour_similarity expects features (C, H, W), got shape {features.shape}")
@@ -120,13 +128,17 @@ def neighbour_similarity(features: np.ndarray, theta: float) -> np.ndarray:
         raise ValueError(f"neighbour_similarity: theta must be > 0, got {theta}")
     features = features.astype(np.float32, copy=False)
     _, height, width = features.shape
-    similarity = np.zeros((len(NEIGHBOUR_OFFSETS), height, width), dtype=np.float32)
-    for k, (dy, dx) in enumerate(NEIGHBOUR_OFFSETS):
+    count = len(NEIGHBOUR_OFFSETS)
+    similarity = np.zeros((count, height, width), dtype=np.float32)
+    for k in range(count // 2, count):
+        dy, dx = NEIGHBOUR_OFFSETS[k]
         ys, ys_n = _overlap(dy, height)
         xs, xs_n = _overlap(dx, width)
         diff = features[:, ys, xs] - features[:, ys_n, xs_n]           # (C, h', w')
         distance = np.sqrt(np.einsum("chw,chw->hw", diff, diff))      # (h', w')
-        similarity[k, ys, xs] = np.exp(-distance / np.float32(theta))
+        values = np.exp(-distance / np.float32(theta))
+        similarity[k, ys, xs] = values                                 # pair (centre, centre + offset)
+        similarity[count - 1 - k, ys_n, xs_n] = values                 # the same pair seen from the other end
     return similarity
 
 
@@ -151,12 +163,22 @@ def neighbour_valid(valid: np.ndarray) -> np.ndarray:
     return out
 
 
+@functools.lru_cache(maxsize=64)
+def frame_neighbour_valid(height: int, width: int, bottom_rows: int) -> np.ndarray:
+    """neighbour_valid(valid_cells(H, W, bottom_rows)), cached per frame size (read-only (8, h, w) bool)."""
+    out = neighbour_valid(valid_cells(height, width, bottom_rows))
+    out.flags.writeable = False
+    return out
+
+
 def pack_bits(mask: np.ndarray) -> np.ndarray:
     """Pack bool (…, 8, H, W) into uint8 (…, H, W) with bit k (value 1 << k) = mask[…, k, :, :]."""
     if mask.ndim < 3 or mask.shape[-3] != len(NEIGHBOUR_OFFSETS):
         raise ValueError(f"pack_bits expects (…, 8, H, W), got shape {mask.shape}")
-    packed = np.packbits(mask.astype(bool, copy=False), axis=-3, bitorder="little")  # (…, 1, H, W)
-    return packed[..., 0, :, :]
+    packed = mask[..., 0, :, :].astype(np.uint8)
+    for k in range(1, len(NEIGHBOUR_OFFSETS)):
+        packed |= mask[..., k, :, :].astype(np.uint8) << k
+    return packed
 
 
 def unpack_bits(packed: np.ndarray) -> np.ndarray:
@@ -237,23 +259,23 @@ class AffinityParams:
             raise ValueError(f"affinity.bottom_rows: expected an integer ≥ 0, got {self.bottom_rows!r}")
 
 
-def similarity_masks(features: np.ndarray, theta: float, tau: float, valid: np.ndarray) -> np.ndarray:
-    """Packed uint8 (h, w): bit k = [S_k ≥ τ] and neighbour k valid, for features (C, h, w), valid (h, w)."""
-    mask = (neighbour_similarity(features, theta) >= np.float32(tau)) & neighbour_valid(valid)
-    return pack_bits(mask)
+def similarity_masks(features: np.ndarray, theta: float, tau: float, valid_neighbours: np.ndarray) -> np.ndarray:
+    """Packed uint8 (h, w): bit k = [S_k ≥ τ] and neighbour k valid; features (C, h, w), valid_neighbours
+    (8, h, w) bool (frame_neighbour_valid)."""
+    return pack_bits((neighbour_similarity(features, theta) >= np.float32(tau)) & valid_neighbours)
 
 
 def color_masks(frame: np.ndarray, theta: float, tau: float, bottom_rows: int) -> np.ndarray:
     """Packed colour masks (h, w) uint8 of an RGB uint8 frame (H, W, 3): pool 4×4 (truncated), Lab, threshold."""
     lab = rgb_to_lab(pool_rgb_uint8(frame))                        # (h, w, 3)
-    valid = valid_cells(frame.shape[0], frame.shape[1], bottom_rows)
+    valid = frame_neighbour_valid(frame.shape[0], frame.shape[1], bottom_rows)
     return similarity_masks(lab.transpose(2, 0, 1), theta, tau, valid)
 
 
 def flow_masks(flow_rgb: np.ndarray, theta: float, tau: float, bottom_rows: int) -> np.ndarray:
     """Packed flow masks (h, w) uint8 of an RGB-encoded flow uint8 (H, W, 3): pool 4×4 to [0, 1], threshold."""
     unit = pool_unit(flow_rgb)                                     # (h, w, 3) in [0, 1]
-    valid = valid_cells(flow_rgb.shape[0], flow_rgb.shape[1], bottom_rows)
+    valid = frame_neighbour_valid(flow_rgb.shape[0], flow_rgb.shape[1], bottom_rows)
     return similarity_masks(unit.transpose(2, 0, 1), theta, tau, valid)
 
 
@@ -281,37 +303,28 @@ def read_frame(path: Path, video_id: int, frame_index: int, height: int, width: 
     return np.ascontiguousarray(bgr[..., ::-1])                    # BGR -> RGB
 
 
-def open_flow_arrays(flow_store: Path):
-    """The flow store's Zarr group (read-only) and its attributes, checked against docs/design.md's contract."""
+def open_shard_flow(flow_store: Path, dataset, shard: int):
+    """The shard's flow store (Zarr group, read-only), its attributes and its videos (pipeline.ytvis.Video).
+
+    The flow settings come from the store itself (this stage's params hold only the affinity section);
+    pipeline.flow.open_flow_store then checks the store's format, that it holds exactly the videos of shard
+    `shard` of `dataset` (videos sorted by id, flow.shard_size per shard), and that it is complete."""
     import zarr
 
-    try:
-        group = zarr.open_group(str(flow_store), mode="r")
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{flow_store}: flow store does not exist; run rule flow first") from None
-    attrs = dict(group.attrs)
-    for key in ("videos", "params"):
-        if key not in attrs:
-            raise KeyError(f"{flow_store}: flow store attributes lack '{key}' (has {sorted(attrs)}); "
-                           f"it was not written by pipeline.flow, rerun rule flow")
-    return group, attrs
-
-
-def shard_videos(dataset, shard: int, flow_store: Path, flow_attrs: dict) -> list:
-    """The shard's videos (pipeline.ytvis.Video, by id), checked against the videos the flow store lists."""
+    from pipeline.flow import FlowParams, open_flow_store
     from pipeline.shards import videos_of_shard
 
-    shard_size = flow_attrs["params"].get("shard_size")
-    if not isinstance(shard_size, int):
-        raise KeyError(f"{flow_store}: attribute params.shard_size missing or not an integer: {shard_size!r}")
-    expected = videos_of_shard([v.id for v in dataset.videos], shard, shard_size)
-    listed = [int(v) for v in flow_attrs["videos"]]
-    if listed != expected:
-        raise ValueError(f"{flow_store}: holds videos {listed[:10]}… ({len(listed)}), but shard {shard} of "
-                         f"{dataset.annotation_file} is {expected[:10]}… ({len(expected)}); rerun rule flow "
-                         f"for shard {shard}")
+    if not (Path(flow_store) / "zarr.json").is_file():
+        raise FileNotFoundError(f"{flow_store}: no flow store here (run rule flow for shard {shard})")
+    attrs = dict(zarr.open_group(str(flow_store), mode="r", zarr_format=3).attrs)
+    if not isinstance(attrs.get("params"), dict):
+        raise KeyError(f"{flow_store}: the store has no flow 'params' attribute (attributes {sorted(attrs)}); "
+                       f"delete it and rerun rule flow for shard {shard}")
+    flow_params = FlowParams.from_json(json.dumps(attrs["params"]), f"{flow_store}: attribute params")
+    expected = videos_of_shard([v.id for v in dataset.videos], shard, flow_params.shard_size)
+    group = open_flow_store(flow_store, flow_params, videos=expected)
     by_id = dataset.video_by_id
-    return [by_id[v] for v in expected]
+    return group, attrs, [by_id[v] for v in expected]
 
 
 def video_masks(dataset, video, flow_video, params: AffinityParams, progress) -> tuple[np.ndarray, np.ndarray]:
@@ -351,9 +364,8 @@ def run_shard(root: Path, annotations: Path, shard: int, flow_store: Path, param
     from pipeline.ytvis import load_ytvis
 
     started = time.perf_counter()
-    dataset = load_ytvis(root, Path(annotations).resolve(), check_files=False)
-    flow_group, flow_attrs = open_flow_arrays(flow_store)
-    videos = shard_videos(dataset, shard, flow_store, flow_attrs)
+    dataset = load_ytvis(root, annotations, check_files=False)
+    flow_group, flow_attrs, videos = open_shard_flow(flow_store, dataset, shard)
     attributes = {"params": dataclasses.asdict(params), "flow_store": flow_attrs, "shard": shard,
                   "videos": [v.id for v in videos], "grid_stride": GRID_STRIDE,
                   "neighbour_offsets": [list(o) for o in NEIGHBOUR_OFFSETS]}
@@ -363,8 +375,6 @@ def run_shard(root: Path, annotations: Path, shard: int, flow_store: Path, param
                                       unit="frame") as progress:
         group = zarr.open_group(str(tmp), mode="w", zarr_format=3, attributes=attributes)
         for video in videos:
-            if str(video.id) not in flow_group:
-                raise KeyError(f"{flow_store}: no flow array for video {video.id}; rerun rule flow for shard {shard}")
             color, flow = video_masks(dataset, video, flow_group[str(video.id)], params, progress)
             write_video(group, video.id, color, flow)
             set_bits["color"] += int(unpack_bits(color).sum())
@@ -385,7 +395,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", required=True, type=Path, help="dataset folder (train.json + JPEGImages/)")
     parser.add_argument("--annotations", required=True, type=Path,
-                        help="the dataset's YouTube-VIS json (a path, relative to the working directory)")
+                        help="the dataset's YouTube-VIS json (relative to --root, or absolute)")
     parser.add_argument("--shard", required=True, type=int, help="shard index k")
     parser.add_argument("--flow", required=True, type=Path, help="results/flow/shard_k.zarr")
     parser.add_argument("--params", required=True, help="the `affinity` config section as JSON")

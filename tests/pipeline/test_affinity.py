@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 from pipeline import affinity as aff
 from pipeline.io import params_from_json
@@ -259,8 +260,6 @@ def test_resize_packed_nearest():
 
 
 def test_params_from_config_section_and_errors():
-    import yaml
-
     section = yaml.safe_load((REPO / "config.yaml").read_text())["affinity"]
     params = params_from_json(aff.AffinityParams, json.dumps(section), "affinity")
     assert params == aff.AffinityParams(theta_color=2.0, tau_color=0.3, theta_flow=0.5, tau_flow=0.6,
@@ -274,21 +273,24 @@ def test_params_from_config_section_and_errors():
 
 
 def write_flow_store(path: Path, root: Path, shard: int, shard_size: int, seed: int = 0) -> dict:
-    """A flow store as docs/design.md specifies it (the flow stage's output): uint8 (T, H, W, 3) per video."""
+    """A flow store written with pipeline.flow's own writer, holding random RGB flow (T, H, W, 3) per video."""
     import zarr
 
+    from pipeline import flow as flow_stage
     from pipeline.shards import videos_of_shard
     from pipeline.ytvis import load_ytvis
 
+    section = yaml.safe_load((REPO / "config.yaml").read_text())["flow"] | {"shard_size": shard_size}
+    params = flow_stage.FlowParams.from_json(json.dumps(section), "test flow section")
     dataset = load_ytvis(root)
     ids = videos_of_shard([v.id for v in dataset.videos], shard, shard_size)
-    attrs = {"estimator": "dis", "params": {"estimator": "dis", "shard_size": shard_size}, "videos": ids}
+    attrs = flow_stage.store_attributes(params, ids, checkpoint_sha256=None)
     group = zarr.open_group(str(path), mode="w", zarr_format=3, attributes=attrs)
     rng = np.random.default_rng(seed)
     for vid in ids:
         video = dataset.video_by_id[vid]
-        group.create_array(str(vid), data=rng.integers(0, 256, (video.length, video.height, video.width, 3),
-                                                       dtype=np.uint8), chunks=(1, video.height, video.width, 3))
+        flow_stage.write_video(group, vid, rng.integers(0, 256, (video.length, video.height, video.width, 3),
+                                                        dtype=np.uint8))
     return attrs
 
 
@@ -330,7 +332,7 @@ def test_cli_rejects_flow_store_of_another_shard(make_ytvis, tmp_path):
     write_flow_store(flow_store, root, shard=0, shard_size=4)
     out = tmp_path / "affinity" / "shard_1.zarr"
     section = {"theta_color": 2.0, "tau_color": 0.3, "theta_flow": 0.5, "tau_flow": 0.6, "bottom_rows": 10}
-    with pytest.raises(ValueError, match="rerun rule flow for shard 1"):
+    with pytest.raises(ValueError, match="rerun rule flow for this shard"):
         aff.main(["--root", str(root), "--annotations", str(root / "train.json"), "--shard", "1",
                   "--flow", str(flow_store), "--params", json.dumps(section), "--out", str(out)])
     assert not out.exists()

@@ -17,6 +17,7 @@ rule affinity:
         k=r"\d+",
     threads: 1
     shell:
-        "python -m pipeline.affinity --root $(dirname {input.annotations:q}) --annotations {input.annotations:q}"
+        "python -m pipeline.affinity --root $(dirname {input.annotations:q})"
+        " --annotations $(basename {input.annotations:q})"
         " --shard {wildcards.k} --flow {input.flow:q} --params {params.cfg:q} --out {output:q}"
         " --log-json {log.summary:q} 2> {log.stderr:q}"
