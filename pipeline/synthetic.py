@@ -26,8 +26,13 @@ Why it is a fair test rather than a rigged one. Flow is not made trivially perfe
 only 1-3 px per frame at 128x160, objects rotate and scale (the flow varies inside an object), layers
 occlude and disocclude each other, and the palette has flat, weakly textured regions where estimators
 struggle. Colour is not made useless: the non-camouflaged objects (1 - camouflage_prob of them) have
-clear colour edges, and camouflaged ones keep a small brightness offset. The measured contrasts are
-checked in tests/pipeline/test_synthetic.py.
+clear colour edges, and camouflaged ones keep a small brightness offset. Measured (24-30 videos, 96x128,
+camouflage_prob 0.5; checked in tests/pipeline/test_synthetic.py): the mean RGB contrast across a
+camouflaged boundary (pixels 2 apart) is 0.75x that of two random background pixels, and 24 % of its
+boundary pairs differ by < 8 grey levels; for distinct objects 3.5x and 0 %. The flow jumps by 1.7 px on
+average across both kinds of boundary, against 0.01 px between background neighbours. OpenCV DIS (medium)
+on the default config scores EPE 0.20 px overall, 0.57 px on objects and 1.08 px within 2 px of a layer
+boundary (mean |flow| 1.5 px): estimated flow is informative but far from perfect at the boundaries.
 
 Ground truth. Masks are the visible part of each object (alpha >= 0.5, minus what lies in front); a frame
 where nothing is visible gets null segmentation, bbox and area. The forward flow F(t -> t+1) at pixel p is
@@ -261,8 +266,9 @@ def video_name(video_id: int) -> str:
 
 
 def _background(rng: np.random.Generator, p: SyntheticParams, palette: np.ndarray,
-                short: int) -> tuple[np.ndarray, list[np.ndarray]]:
-    """Background canvas (h, w, 3) float32 and its canvas->frame matrices (3, 3), one per frame."""
+                short: int) -> tuple[np.ndarray, list[np.ndarray], np.ndarray]:
+    """Background canvas (h, w, 3) float32, its canvas->frame matrices (3, 3) per frame, and its velocity
+    (2,) px/frame at the frame centre."""
     speed = BG_SPEED * short * math.sqrt(rng.uniform())
     heading = rng.uniform(0.0, 2.0 * math.pi)
     velocity = speed * np.array([math.cos(heading), math.sin(heading)])
@@ -276,7 +282,7 @@ def _background(rng: np.random.Generator, p: SyntheticParams, palette: np.ndarra
     canvas_centre = np.array([(canvas_w - 1) / 2.0, (canvas_h - 1) / 2.0])
     canvas = palette_texture(rng, palette, int(canvas_h), int(canvas_w), short)
     mats = [similarity(frame_centre + t * velocity, 0.0, zoom ** t, canvas_centre) for t in range(p.frames)]
-    return canvas, mats
+    return canvas, mats, velocity
 
 
 def _object_motion(rng: np.random.Generator, p: SyntheticParams, short: int, bg_velocity: np.ndarray,
@@ -304,8 +310,7 @@ def generate_video(params: SyntheticParams, video_id: int) -> SyntheticVideo:
     h, w, t_len = params.height, params.width, params.frames
     short = min(h, w)
     palette = random_palette(rng)
-    canvas, bg_mats = _background(rng, params, palette, short)
-    bg_velocity = bg_mats[1][:2, 2] - bg_mats[0][:2, 2] if t_len > 1 else np.zeros(2)
+    canvas, bg_mats, bg_velocity = _background(rng, params, palette, short)
 
     n_objects = int(rng.integers(1, params.max_objects + 1))
     sprites, obj_mats, classes, camouflaged = [], [], [], []

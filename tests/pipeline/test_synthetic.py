@@ -322,3 +322,12 @@ def test_jpeg_fidelity(small_dataset: Path):
             path = small_dataset / "JPEGImages" / video.name / f"{t:05d}.jpg"
             decoded = cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB).astype(np.float64)
             assert np.abs(decoded - video.frames[t]).mean() < 2.5
+
+
+def test_single_frame_videos_and_odd_sizes(tmp_path: Path):
+    params = dataclasses.replace(SMALL, videos=2, frames=1, height=33, width=50)
+    write_dataset(params, tmp_path / "one")
+    dataset = load_ytvis(tmp_path / "one", "train.json")
+    assert [v.length for v in dataset.videos] == [1, 1]
+    flow = np.load(tmp_path / "one" / "flow_gt" / f"{synthetic.video_name(1)}.npy")
+    assert flow.shape == (0, 33, 50, 2) and flow.dtype == np.float32
