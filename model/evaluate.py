@@ -1,0 +1,197 @@
+"""Evaluation (method §6): inference over the train_val frames, COCO results, and COCO AP for masks and boxes.
+
+`python -m model.evaluate` reads a trained experiment's `final.pt`, runs it on every frame of the
+train_val index (flow from the flow stores, never recomputed), writes the detections as a COCO results
+file (compressed-RLE masks, XYWH boxes, scores) and scores them with pycocotools against
+`train_val_coco.json`: AP, AP50, AP75, APs, APm, APl for `segm` and `bbox`, and per-class AP, into
+`metrics.json`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import h5py
+import numpy as np
+import pycocotools.mask as mask_utils
+import torch
+import zarr
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from model.coco_eval import evaluate_results, load_coco
+from model.data import SIZE_DIVISIBILITY, resized_shape
+from model.network import Detections, ModelParams, TwoStreamCondInst
+from pipeline.io import params_from_json, setup_logging, write_json_atomic
+
+
+@dataclass(frozen=True)
+class EvaluateParams:
+    """The `evaluate` config section (method §6 inference settings)."""
+
+    min_size: int  # test short side (800 in the paper)
+    max_size: int  # long-side cap (1333)
+    score_thresh: float  # keep cls·ctr above this (0.05)
+    nms_thresh: float  # class-aware NMS IoU (0.6)
+    topk_per_level: int  # candidates per FPN level before NMS (1000)
+    max_dets: int  # detections per image (100)
+    mask_thresh: float  # mask probability threshold (0.5)
+
+
+class EvalFrames(Dataset):
+    """Frames of a split index, resized for testing, with their RGB flow (zeros when the model takes none)."""
+
+    def __init__(self, index_path: Path, frames_dir: Path, flow_dir: Path | None, min_size: int, max_size: int):
+        self.index_path, self.frames_dir, self.flow_dir = index_path, frames_dir, flow_dir
+        self.min_size, self.max_size = min_size, max_size
+        with h5py.File(index_path, "r") as f:
+            self.video_id = f["video_id"][:]
+            self.frame_index = f["frame_index"][:]
+            self.shard = f["shard"][:]
+            self.file_name = [n.decode() for n in f["file_name"][:]]
+        self._stores: dict[int, zarr.Group] = {}
+
+    def __len__(self) -> int:
+        """Frames in the split."""
+        return len(self.file_name)
+
+    def __getstate__(self) -> dict:
+        """Pickle without open stores; each worker opens its own."""
+        return {**self.__dict__, "_stores": {}}
+
+    def _flow(self, row: int, shape: tuple[int, int, int]) -> np.ndarray:
+        """The stored RGB flow of frame `row`, (H, W, 3) uint8."""
+        shard, video, t = int(self.shard[row]), int(self.video_id[row]), int(self.frame_index[row])
+        path = self.flow_dir / f"shard_{shard}.zarr"
+        if shard not in self._stores:
+            if not path.is_dir():
+                raise FileNotFoundError(f"{path}: flow store of shard {shard} is missing; rerun rule flow")
+            self._stores[shard] = zarr.open_group(str(path), mode="r")
+        array = self._stores[shard][str(video)]
+        if t >= array.shape[0] or tuple(array.shape[1:]) != shape:
+            raise ValueError(f"{path}: video {video} flow has shape {array.shape}, frame {t} of shape {shape} "
+                             f"is needed; rerun rule flow")
+        return np.asarray(array[t])
+
+    def __getitem__(self, row: int) -> dict[str, Any]:
+        """Resized image and flow (h, w, 3) uint8 with the original size and the frame's identity."""
+        path = self.frames_dir / self.file_name[row]
+        bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        if bgr is None:
+            raise FileNotFoundError(f"{path}: cannot read frame {self.frame_index[row]} of video {self.video_id[row]}")
+        image = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+        height, width = image.shape[:2]
+        h, w = resized_shape(height, width, self.min_size, self.max_size)
+        image = cv2.resize(image, (w, h), interpolation=cv2.INTER_LINEAR)
+        flow = None
+        if self.flow_dir is not None:
+            flow = cv2.resize(self._flow(row, (height, width, 3)), (w, h), interpolation=cv2.INTER_LINEAR)
+        return {"image": image, "flow": flow, "orig_hw": (height, width),
+                "video_id": int(self.video_id[row]), "frame_index": int(self.frame_index[row])}
+
+
+def pad_batch(items: list[dict[str, Any]]) -> dict[str, Any]:
+    """Stack resized frames into zero-padded (N, 3, H, W) float tensors, H and W multiples of 32."""
+    height = math.ceil(max(it["image"].shape[0] for it in items) / SIZE_DIVISIBILITY) * SIZE_DIVISIBILITY
+    width = math.ceil(max(it["image"].shape[1] for it in items) / SIZE_DIVISIBILITY) * SIZE_DIVISIBILITY
+    images = torch.zeros((len(items), 3, height, width))
+    flows = torch.zeros((len(items), 3, height, width)) if items[0]["flow"] is not None else None
+    for i, it in enumerate(items):
+        h, w = it["image"].shape[:2]
+        images[i, :, :h, :w] = torch.from_numpy(it["image"]).permute(2, 0, 1)  # (h, w, 3) -> (3, h, w)
+        if flows is not None:
+            flows[i, :, :h, :w] = torch.from_numpy(it["flow"]).permute(2, 0, 1)
+    return {"images": images, "flows": flows, "image_sizes": [tuple(it["image"].shape[:2]) for it in items],
+            "output_sizes": [it["orig_hw"] for it in items],
+            "keys": [(it["video_id"], it["frame_index"]) for it in items]}
+
+
+def to_coco_results(det: Detections, image_id: int, category_ids: list[int]) -> list[dict[str, Any]]:
+    """One image's detections as COCO results: XYWH boxes, compressed-RLE masks, dataset category ids."""
+    masks = det.masks.cpu().numpy().astype(np.uint8)  # (D, H, W)
+    rles = mask_utils.encode(np.asfortranarray(masks.transpose(1, 2, 0))) if len(masks) else []
+    out = []
+    for box, score, cls, rle in zip(det.boxes_xyxy.cpu().tolist(), det.scores.cpu().tolist(),
+                                    det.classes.cpu().tolist(), rles):
+        rle["counts"] = rle["counts"].decode("ascii")
+        out.append({"image_id": image_id, "category_id": int(category_ids[cls]), "score": float(score),
+                    "bbox": [box[0], box[1], box[2] - box[0], box[3] - box[1]], "segmentation": rle})
+    return out
+
+
+def load_trained(checkpoint: Path, device: str) -> tuple[TwoStreamCondInst, list[int]]:
+    """The trained network in eval mode and its class → dataset category id list, from `final.pt`."""
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    for key in ("model", "model_params", "num_classes", "category_ids"):
+        if key not in state:
+            raise KeyError(f"{checkpoint}: not a mowis final checkpoint (no {key!r}); rerun rule train")
+    params = params_from_json(ModelParams, json.dumps(state["model_params"]), f"{checkpoint}: model_params")
+    model = TwoStreamCondInst(params, state["num_classes"])
+    model.load_state_dict(state["model"])
+    return model.to(device).eval(), [int(c) for c in state["category_ids"]]
+
+
+def predict_split(model: TwoStreamCondInst, category_ids: list[int], frames: EvalFrames,
+                  image_ids: dict[tuple[int, int], int], params: EvaluateParams, device: str,
+                  batch_size: int, workers: int) -> list[dict[str, Any]]:
+    """COCO results for every frame of `frames`; `image_ids` maps (video_id, frame_index) to the COCO id."""
+    loader = DataLoader(frames, batch_size=batch_size, num_workers=workers, collate_fn=pad_batch)
+    results: list[dict[str, Any]] = []
+    for batch in tqdm(loader, desc="evaluate", unit="batch", dynamic_ncols=True):
+        flows = batch["flows"].to(device) if batch["flows"] is not None else None
+        dets = model.predict(batch["images"].to(device), flows, batch["image_sizes"], batch["output_sizes"],
+                             params.score_thresh, params.nms_thresh, params.topk_per_level, params.max_dets,
+                             params.mask_thresh)
+        for key, det in zip(batch["keys"], dets):
+            if key not in image_ids:
+                raise KeyError(f"video {key[0]} frame {key[1]} is in the index but not in the ground truth; "
+                               f"rerun rules split and frame_index")
+            results.extend(to_coco_results(det, image_ids[key], category_ids))
+    return results
+
+
+def main(argv: list[str] | None = None) -> None:
+    """CLI: evaluate one trained experiment on the train_val frames."""
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--checkpoint", required=True, type=Path, help="results/train/<exp>/final.pt")
+    ap.add_argument("--index", required=True, type=Path, help="results/index/train_val.h5")
+    ap.add_argument("--gt", required=True, type=Path, help="results/split/train_val_coco.json")
+    ap.add_argument("--frames", required=True, type=Path, help="<dataset root>/JPEGImages")
+    ap.add_argument("--flow", required=True, type=Path, help="folder of the flow shard stores")
+    ap.add_argument("--params", required=True, help="the evaluate config section (JSON)")
+    ap.add_argument("--experiment", required=True)
+    ap.add_argument("--dataset", required=True, help="what the numbers are on (for the tables)")
+    ap.add_argument("--out", required=True, type=Path, help="metrics.json")
+    ap.add_argument("--results", required=True, type=Path, help="COCO results JSON")
+    ap.add_argument("--batch-size", type=int, default=4)
+    ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    args = ap.parse_args(argv)
+    log = setup_logging()
+    params = params_from_json(EvaluateParams, args.params, "evaluate")
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    model, category_ids = load_trained(args.checkpoint, device)
+    gt = json.loads(args.gt.read_text())
+    image_ids = {(img["video_id"], img["frame_index"]): img["id"] for img in gt["images"]}
+    frames = EvalFrames(args.index, args.frames, args.flow if model.params.two_stream else None,
+                        params.min_size, params.max_size)
+    results = predict_split(model, category_ids, frames, image_ids, params, device, args.batch_size, args.workers)
+    coco_gt = load_coco(gt)
+    metrics = {"experiment": args.experiment, "dataset": args.dataset, "checkpoint": str(args.checkpoint),
+               "backbone": model.params.backbone, "frames": len(frames),
+               "segm": evaluate_results(coco_gt, results, "segm"),
+               "bbox": evaluate_results(coco_gt, results, "bbox")}
+    write_json_atomic(args.results, results, indent=None)
+    write_json_atomic(args.out, metrics)
+    log.info("%s: mask AP %.1f, box AP %.1f on %d frames", args.experiment, metrics["segm"]["AP"],
+             metrics["bbox"]["AP"], len(frames))
+
+
+if __name__ == "__main__":
+    main()

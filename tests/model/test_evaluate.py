@@ -1,0 +1,53 @@
+"""Detections to COCO results, and a wrong checkpoint named clearly."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pycocotools.mask as mask_utils
+import pytest
+import torch
+
+from model.evaluate import load_trained, pad_batch, to_coco_results
+from model.network import Detections
+
+
+def test_detections_become_coco_results_that_decode_back() -> None:
+    masks = torch.zeros((2, 6, 8), dtype=torch.bool)
+    masks[0, 1:4, 2:5] = True
+    masks[1, 0:6, 0:1] = True
+    det = Detections(boxes_xyxy=torch.tensor([[2.0, 1.0, 5.0, 4.0], [0.0, 0.0, 1.0, 6.0]]),
+                     scores=torch.tensor([0.9, 0.4]), classes=torch.tensor([1, 0]), masks=masks)
+    out = to_coco_results(det, image_id=7, category_ids=[3, 5])
+    assert [r["category_id"] for r in out] == [5, 3]
+    assert out[0]["bbox"] == [2.0, 1.0, 3.0, 3.0] and out[0]["image_id"] == 7
+    assert out[1]["score"] == pytest.approx(0.4)
+    for r, m in zip(out, masks.numpy()):
+        assert isinstance(r["segmentation"]["counts"], str)
+        np.testing.assert_array_equal(mask_utils.decode(r["segmentation"]), m.astype(np.uint8))
+
+
+def test_no_detections_give_no_results() -> None:
+    det = Detections(torch.zeros((0, 4)), torch.zeros(0), torch.zeros(0, dtype=torch.long),
+                     torch.zeros((0, 6, 8), dtype=torch.bool))
+    assert to_coco_results(det, 1, [1]) == []
+
+
+def test_pad_batch_pads_to_32_bottom_right() -> None:
+    items = [{"image": np.full((40, 50, 3), 7, np.uint8), "flow": np.full((40, 50, 3), 9, np.uint8),
+              "orig_hw": (80, 100), "video_id": 1, "frame_index": 0},
+             {"image": np.full((30, 70, 3), 1, np.uint8), "flow": np.full((30, 70, 3), 2, np.uint8),
+              "orig_hw": (60, 140), "video_id": 1, "frame_index": 1}]
+    b = pad_batch(items)
+    assert b["images"].shape == (2, 3, 64, 96) and b["flows"].shape == (2, 3, 64, 96)
+    assert b["images"][0, :, :40, :50].eq(7).all() and b["images"][0, :, 40:, :].eq(0).all()
+    assert b["flows"][1, :, :30, :70].eq(2).all() and b["flows"][1, :, :, 70:].eq(0).all()
+    assert b["image_sizes"] == [(40, 50), (30, 70)] and b["output_sizes"] == [(80, 100), (60, 140)]
+
+
+def test_a_training_checkpoint_is_not_a_final_one(tmp_path: Path) -> None:
+    path = tmp_path / "ckpt.pt"
+    torch.save({"model": {}, "step": 3}, path)
+    with pytest.raises(KeyError, match="not a mowis final checkpoint"):
+        load_trained(path, "cpu")
