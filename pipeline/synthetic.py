@@ -31,7 +31,7 @@ camouflage_prob 0.5; checked in tests/pipeline/test_synthetic.py): the mean RGB 
 camouflaged boundary (pixels 2 apart) is 0.75x that of two random background pixels, and 24 % of its
 boundary pairs differ by < 8 grey levels; for distinct objects 3.5x and 0 %. The flow jumps by 1.7 px on
 average across both kinds of boundary, against 0.01 px between background neighbours. OpenCV DIS (medium)
-on the default config scores EPE 0.20 px overall, 0.57 px on objects and 1.08 px within 2 px of a layer
+on the default config scores EPE 0.20 px overall, 0.55 px on objects and 1.02 px within 2 px of a layer
 boundary (mean |flow| 1.5 px): estimated flow is informative but far from perfect at the boundaries.
 
 Ground truth. Masks are the visible part of each object (alpha >= 0.5, minus what lies in front); a frame
