@@ -233,6 +233,14 @@ def differing_fields(saved: dict, current: dict) -> list[str]:
             for k in keys if saved.get(k, "<absent>") != current.get(k, "<absent>")]
 
 
+def parameter_digest(model: nn.Module) -> str:
+    """sha256 of every parameter's bytes in order: equal on all ranks while DDP keeps them in sync."""
+    digest = hashlib.sha256()
+    for param in model.parameters():
+        digest.update(param.detach().cpu().reshape(-1).numpy().tobytes())
+    return digest.hexdigest()
+
+
 def trim_metrics(path: Path, step: int) -> None:
     """Drop lines of a metrics JSONL logged after `step` (by a run that died before its next checkpoint)."""
     if not path.exists():
@@ -330,6 +338,10 @@ def train(paths: RunPaths, model_params: dict, params: TrainParams, build_model:
                         len(rng_per_rank), world_size)
         if master:
             log.info("resumed from %s at step %d", choice[0], start_step)
+    if ddp and use_cuda and world_size > 1:
+        # BatchNorm that trains (the mask branches) sees the global batch, so N GPUs match one GPU with the
+        # same global batch. torch's SyncBatchNorm runs on GPUs only; CPU processes keep per-rank statistics.
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     if ddp:
         model = DistributedDataParallel(model, device_ids=[local_rank] if use_cuda else None,
                                         broadcast_buffers=False, gradient_as_bucket_view=True)
@@ -418,17 +430,22 @@ def train(paths: RunPaths, model_params: dict, params: TrainParams, build_model:
                     if name != "step":
                         writer.add_scalar(f"train/{name}", value, step)
 
-        # ---- checkpoint: every rank contributes its RNG state, rank 0 writes.
+        # ---- checkpoint: every rank contributes its RNG state and a digest of its weights (they must
+        # agree: DDP keeps replicas identical), rank 0 writes.
         if step % params.checkpoint_every == 0 or step == params.iters:
-            rng_per_rank = [None] * world_size
+            per_rank = [(rng_state(), parameter_digest(model))]
             if ddp:
-                dist.all_gather_object(rng_per_rank, rng_state())
-            else:
-                rng_per_rank = [rng_state()]
+                per_rank = [None] * world_size
+                dist.all_gather_object(per_rank, (rng_state(), parameter_digest(model)))
+            digests = [d for _, d in per_rank]
+            if len(set(digests)) != 1:
+                raise RuntimeError(f"step {step}: the weights differ between ranks (digests {digests}); "
+                                   f"DDP replicas diverged")
             if master:
                 state = {"model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
                          "scaler": scaler.state_dict(), "step": step, "model_params": model_params,
-                         "train_params": dataclasses.asdict(params), "rng": rng_per_rank}
+                         "train_params": dataclasses.asdict(params), "rng": [r for r, _ in per_rank],
+                         "param_digests": digests}
                 path = save_checkpoint(ckpt_dir, state, step, paths.keep_checkpoints)
                 progress.write(f"step {step}: saved {path}")
             t_last = time.perf_counter()  # the save is not the next step's data time
@@ -465,8 +482,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--log-every", type=int, default=20)
     parser.add_argument("--keep-checkpoints", type=int, default=2)
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    parser.add_argument("--threads", type=int, default=None, help="torch compute threads per process")
     args = parser.parse_args(argv)
     setup_logging()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     model_params = json.loads(args.model_params)
     if not isinstance(model_params, dict):
         raise ValueError(f"--model-params: expected a JSON object, got {args.model_params[:80]!r}")
