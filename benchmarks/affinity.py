@@ -85,23 +85,26 @@ def boxinst_colour_similarity(image: torch.Tensor, lab_of, bottom_rows: int) -> 
     return (similarity * unfold_without_centre(valid_s4)[:, 0])[0]
 
 
-def per_second(fn, items: list, repeats: int) -> float:
-    """Items per second of fn over `items`, best of `repeats` passes (after one warm-up call)."""
-    fn(items[0])
-    best = float("inf")
+def frames_per_second(routes: dict[str, tuple], repeats: int) -> dict[str, float]:
+    """Frames per second of each route (fn, items), best of `repeats` passes; the routes take turns within
+    each pass, so a change of machine load hits them alike."""
+    best = {name: float("inf") for name in routes}
+    for name, (fn, items) in routes.items():
+        fn(items[0])                                                  # warm-up
     for _ in range(repeats):
-        start = time.perf_counter()
-        for item in items:
-            fn(item)
-        best = min(best, time.perf_counter() - start)
-    return len(items) / best
+        for name, (fn, items) in routes.items():
+            start = time.perf_counter()
+            for item in items:
+                fn(item)
+            best[name] = min(best[name], time.perf_counter() - start)
+    return {name: len(routes[name][1]) / seconds for name, seconds in best.items()}
 
 
 def main() -> None:
     """Run the three routes on the same frames, print a table, optionally write JSON."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--frames", type=int, default=40)
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--json", type=Path, help="write the numbers here")
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -116,37 +119,39 @@ def main() -> None:
         lab_of, lab_name = aff.rgb_to_lab, "pipeline.affinity.rgb_to_lab (scikit-image not installed)"
 
     pairs = list(zip(frames, flows))
-    stage_fps = per_second(lambda p: aff.frame_masks(p[0], p[1], params), pairs, args.repeats)
-    stage_colour_fps = per_second(lambda f: aff.color_masks(f, 2.0, 0.3, 10), frames, args.repeats)
     images = [torch.from_numpy(f).permute(2, 0, 1).float().contiguous() for f in frames]  # (3, H, W)
-    boxinst_fps = per_second(lambda im: boxinst_colour_similarity(im, lab_of, 10), images, args.repeats)
+    masks = [aff.frame_masks(f, fl, params) for f, fl in pairs]
 
     # Agreement: BoxInst's thresholded similarity vs the stored colour bits (neighbour side masked in both).
     boxinst_bits = (boxinst_colour_similarity(images[0], lab_of, 10) >= 0.3).numpy()
-    agreement = float((aff.unpack_bits(aff.color_masks(frames[0], 2.0, 0.3, 10)) == boxinst_bits).mean())
+    agreement = float((aff.unpack_bits(masks[0][0]) == boxinst_bits).mean())
 
     with tempfile.TemporaryDirectory() as tmp:
-        masks = [aff.frame_masks(f, fl, params) for f, fl in pairs]
         group = zarr.open_group(tmp, mode="w", zarr_format=3)
         aff.write_video(group, 0, np.stack([m[0] for m in masks]), np.stack([m[1] for m in masks]))
         stored = sum(p.stat().st_size for p in Path(tmp).rglob("*") if p.is_file() and p.name != "zarr.json")
         color_array, flow_array = group["0"]["color"], group["0"]["flow"]
 
-        def read_frame(t: int) -> tuple[torch.Tensor, torch.Tensor]:
-            return (torch.from_numpy(aff.unpack_bits(color_array[t])),
-                    torch.from_numpy(aff.unpack_bits(flow_array[t])))
+        def unpack(packed: tuple[np.ndarray, np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+            return torch.from_numpy(aff.unpack_bits(packed[0])), torch.from_numpy(aff.unpack_bits(packed[1]))
 
-        read_fps = per_second(read_frame, list(range(args.frames)), args.repeats)
+        fps = frames_per_second({
+            "stage_colour_and_flow": (lambda p: aff.frame_masks(p[0], p[1], params), pairs),
+            "stage_colour_only": (lambda f: aff.color_masks(f, 2.0, 0.3, 10), frames),
+            "trainer_unpack": (unpack, masks),
+            "trainer_zarr_read_and_unpack": (lambda t: unpack((color_array[t], flow_array[t])),
+                                             list(range(args.frames))),
+            "boxinst_on_the_fly_colour": (lambda im: boxinst_colour_similarity(im, lab_of, 10), images),
+        }, args.repeats)
     h, w = aff.grid_shape(HEIGHT, WIDTH)
     result = {
         "size": f"{WIDTH}x{HEIGHT}", "frames": args.frames, "threads": torch.get_num_threads(),
         "lab": lab_name,
-        "stage_colour_and_flow_fps": round(stage_fps, 1),
-        "stage_colour_only_fps": round(stage_colour_fps, 1),
-        "trainer_read_and_unpack_fps": round(read_fps, 1),
-        "boxinst_on_the_fly_colour_fps": round(boxinst_fps, 1),
-        "speedup_trainer_read_vs_boxinst": round(read_fps / boxinst_fps, 1),
-        "speedup_stage_colour_vs_boxinst": round(stage_colour_fps / boxinst_fps, 2),
+        **{f"{name}_fps": round(value, 1) for name, value in fps.items()},
+        "speedup_stage_colour_and_flow_vs_boxinst": round(fps["stage_colour_and_flow"]
+                                                          / fps["boxinst_on_the_fly_colour"], 1),
+        "speedup_stage_colour_only_vs_boxinst": round(fps["stage_colour_only"] / fps["boxinst_on_the_fly_colour"], 1),
+        "speedup_trainer_unpack_vs_boxinst": round(fps["trainer_unpack"] / fps["boxinst_on_the_fly_colour"], 1),
         "bits_agreeing_with_boxinst": round(agreement, 5),
         "stored_bytes_per_frame": round(stored / args.frames, 1),
         "raw_bytes_per_frame": 2 * h * w,
