@@ -1,0 +1,164 @@
+"""model/data.py: augmentation consistency, collate, the iteration sampler (DDP slices, grouping, resume)."""
+
+from __future__ import annotations
+
+import json
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from pycocotools import mask as mask_utils
+
+from model.data import (FrameDataset, IterationBatchSampler, Sample, SampleKey, augment, collate,
+                        grouped_batches, resized_shape)
+from pipeline.affinity import frame_masks, grid_shape, resize_packed, unpack_bits
+from pipeline.flow_codec import MAX_FLIP_ERROR, flow_to_rgb
+from pipeline.synthetic import video_name
+
+from conftest import AFFINITY
+
+
+def _dataset(tiny: dict, min_sizes=(64,), max_size=64, flip_prob=0.5, flow=True) -> FrameDataset:
+    return FrameDataset(tiny["index"], tiny["frames"], tiny["flow"], tiny["affinity"], min_sizes, max_size,
+                        flip_prob, load_flow=flow, load_flow_pairs=flow)
+
+
+def _ground_truth(tiny: dict, frame: int) -> tuple[np.ndarray, list[np.ndarray]]:
+    """The float flow (H, W, 2) of row `frame` and the instance masks (H, W) visible in it, from the json."""
+    train = json.loads((tiny["root"] / "train.json").read_text())
+    rows = [(v["id"], t) for v in sorted(train["videos"], key=lambda v: v["id"]) for t in range(len(v["file_names"]))]
+    vid, t = rows[frame]
+    gt = np.load(tiny["root"] / "flow_gt" / f"{video_name(vid)}.npy")
+    flow = gt[t] if t < len(gt) else -gt[-1]
+    masks = [mask_utils.decode(a["segmentations"][t]).astype(bool) for a in sorted(train["annotations"],
+             key=lambda a: a["id"]) if a["video_id"] == vid and a["segmentations"][t] is not None]
+    return flow, masks
+
+
+def _tight_box(mask: np.ndarray) -> np.ndarray:
+    """XYXY pixel-edge box of a bool mask (H, W)."""
+    ys, xs = np.nonzero(mask)
+    return np.array([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], dtype=np.float32)
+
+
+@pytest.mark.parametrize("frame", [0, 4, 11])
+def test_flipped_sample_equals_the_flipped_frame(tiny_data: dict, frame: int) -> None:
+    """Image, masks, flow and boxes of a flipped sample equal what the stages compute from the mirrored
+    frame: colour masks bit for bit, flow within the codec's bound, boxes from the mirrored instance masks."""
+    data = _dataset(tiny_data)
+    image, flow, pair_color, pair_flow, boxes, _ = data.read(frame)
+    a_image, a_flow, a_color, a_flow_pairs, a_boxes = augment(image, flow, pair_color, pair_flow, boxes, True,
+                                                              image.shape[:2])
+    mirrored = image[:, ::-1]
+    assert np.array_equal(a_image, mirrored)
+    gt_flow, gt_masks = _ground_truth(tiny_data, frame)
+    mirrored_flow = gt_flow[:, ::-1] * np.array([-1.0, 1.0], dtype=np.float32)  # (−u, v), columns reversed
+    expected_flow = flow_to_rgb(np.ascontiguousarray(mirrored_flow))
+    assert np.abs(a_flow.astype(int) - expected_flow.astype(int)).max() <= MAX_FLIP_ERROR + 1
+    color, flow_pairs = frame_masks(np.ascontiguousarray(mirrored), expected_flow, AFFINITY)
+    assert np.array_equal(a_color, color)
+    disagree = (unpack_bits(a_flow_pairs) != unpack_bits(flow_pairs)).mean()
+    assert disagree < 0.02  # pairs near τ_flow may move with the ≤ 3-level colour error of the flip
+    expected_boxes = np.stack([_tight_box(m[:, ::-1]) for m in gt_masks])
+    assert np.allclose(np.sort(a_boxes, axis=0), np.sort(expected_boxes, axis=0))
+
+
+def test_resize_keeps_boxes_and_masks_on_the_resized_frame(tiny_data: dict) -> None:
+    """After resize: boxes are the scaled boxes (within a pixel of the resized masks' boxes), packed masks
+    are the nearest resample on the new grid, image and flow have the new size."""
+    data = _dataset(tiny_data)
+    image, flow, pair_color, pair_flow, boxes, _ = data.read(3)
+    out_hw = (96, 96)
+    a_image, a_flow, a_color, _, a_boxes = augment(image, flow, pair_color, pair_flow, boxes, False, out_hw)
+    assert a_image.shape == a_flow.shape == (96, 96, 3)
+    assert np.array_equal(a_color, resize_packed(pair_color, grid_shape(96, 96)))
+    _, gt_masks = _ground_truth(tiny_data, 3)
+    import cv2
+    resized = [cv2.resize(m.astype(np.uint8), (96, 96), interpolation=cv2.INTER_NEAREST) > 0 for m in gt_masks]
+    expected = np.stack([_tight_box(m) for m in resized])
+    assert np.abs(np.sort(a_boxes, axis=0) - np.sort(expected, axis=0)).max() <= 1.5
+
+
+def test_getitem_draws_depend_only_on_the_key(tiny_data: dict) -> None:
+    """The same key gives the same sample in another (unpickled) copy; flip draws follow flip_prob."""
+    data = _dataset(tiny_data, min_sizes=(64, 96), max_size=128)
+    copy = pickle.loads(pickle.dumps(data))
+    key = SampleKey(frame=5, seed=3, iteration=7, slot=1)
+    a, b = data[key], copy[key]
+    assert np.array_equal(a.image, b.image) and np.array_equal(a.pair_flow, b.pair_flow)
+    assert np.array_equal(a.boxes_xyxy, b.boxes_xyxy)
+    always = _dataset(tiny_data, flip_prob=1.0)
+    image = always.read(5)[0]
+    assert np.array_equal(always[key].image, image[:, ::-1])
+    assert np.array_equal(_dataset(tiny_data, flip_prob=0.0)[key].image, image)
+
+
+def test_resized_shape_caps_the_long_side() -> None:
+    """Short side to `short` unless the long side would exceed max_size (detectron2's ResizeShortestEdge)."""
+    assert resized_shape(720, 1280, 640, 1333) == (640, 1138)
+    assert resized_shape(720, 1280, 800, 1333) == (750, 1333)
+    assert resized_shape(1280, 720, 800, 1333) == (1333, 750)
+
+
+def test_collate_pads_and_masks_invalid_pairs() -> None:
+    """Padding to multiples of 32, zero-box images kept, no pair touches padding or leaves the frame."""
+    rng = np.random.default_rng(0)
+    a = Sample(rng.integers(0, 255, (40, 70, 3), dtype=np.uint8), None, np.full((10, 18), 255, np.uint8), None,
+               np.array([[1, 2, 30, 20]], np.float32), np.array([1]))
+    b = Sample(rng.integers(0, 255, (33, 20, 3), dtype=np.uint8), None, np.full((9, 5), 255, np.uint8), None,
+               np.zeros((0, 4), np.float32), np.zeros((0,), np.int64))
+    batch = collate([a, b])
+    assert batch.images.shape == (2, 3, 64, 96) and batch.pair_color.shape == (2, 8, 16, 24)
+    assert torch.equal(batch.images[0, :, :40, :70], torch.from_numpy(a.image).permute(2, 0, 1).float())
+    assert batch.images[0, :, 40:].abs().sum() == 0 and batch.images[0, :, :, 70:].abs().sum() == 0
+    assert batch.flows.abs().sum() == 0
+    assert batch.image_sizes == [(40, 70), (33, 20)]
+    assert batch.boxes_xyxy[1].shape == (0, 4) and batch.classes[1].shape == (0,)
+    # brute force: pair (y, x, k) is on iff the cell and its neighbour at ±2 cells lie in the image's grid
+    offsets = [(dy, dx) for dy in (-2, 0, 2) for dx in (-2, 0, 2) if (dy, dx) != (0, 0)]
+    for i, (gh, gw) in enumerate([(10, 18), (9, 5)]):
+        for k, (dy, dx) in enumerate(offsets):
+            for y in range(16):
+                for x in range(24):
+                    inside = y < gh and x < gw and 0 <= y + dy < gh and 0 <= x + dx < gw
+                    assert bool(batch.pair_color[i, k, y, x]) == inside
+    assert torch.equal(batch.pair_flow, batch.pair_color)  # flow masks not loaded: all valid pairs
+
+
+def test_sampler_two_ranks_see_the_one_process_batch() -> None:
+    """Rank slices of world 2 concatenate to the world-1 batch, keys (and so augmentations) included."""
+    groups = np.array([0, 1, 0, 0, 1, 1, 0, 1, 0, 0, 1])
+    one = list(IterationBatchSampler(groups, 4, 0, 1, iters=9, seed=5))
+    r0 = list(IterationBatchSampler(groups, 4, 0, 2, iters=9, seed=5))
+    r1 = list(IterationBatchSampler(groups, 4, 1, 2, iters=9, seed=5))
+    assert len(one) == len(r0) == len(r1) == 9
+    for full, a, b in zip(one, r0, r1):
+        assert full == a + b
+        assert len({groups[k.frame] for k in full}) == 1  # one aspect group per batch
+    assert [k.iteration for k in one[3]] == [3] * 4 and [k.slot for k in r1[3]] == [2, 3]
+
+
+def test_sampler_resumes_from_an_iteration_and_is_seeded() -> None:
+    """start_iter=k yields exactly the tail of the full run; another seed gives another order."""
+    groups = np.zeros(10, dtype=np.int64)
+    full = list(IterationBatchSampler(groups, 2, 0, 1, iters=12, seed=1))
+    assert list(IterationBatchSampler(groups, 2, 0, 1, iters=12, seed=1, start_iter=7)) == full[7:]
+    assert list(IterationBatchSampler(groups, 2, 0, 1, iters=12, seed=2)) != full
+    first_epoch = [k.frame for batch in full[:5] for k in batch]
+    assert sorted(first_epoch) == list(range(10))  # one group: every frame once per epoch
+
+
+def test_grouped_batches_carry_partial_buckets_over() -> None:
+    """A group smaller than the batch still fills batches across epochs."""
+    stream = grouped_batches(np.array([0, 0, 0, 1]), 3, seed=0)
+    batches = [next(stream) for _ in range(4)]
+    for batch in batches:
+        assert len(batch) == 3 and (set(batch) <= {0, 1, 2} or set(batch) == {3})
+
+
+def test_sampler_rejects_uneven_split() -> None:
+    """A global batch that does not divide over the processes names the config field."""
+    with pytest.raises(ValueError, match="train.batch_size"):
+        IterationBatchSampler(np.zeros(4, np.int64), 3, 0, 2, iters=1, seed=0)
