@@ -25,6 +25,7 @@ import shutil
 import sys
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -333,37 +334,59 @@ def _dict_diff(found: Any, expected: Any, where: str) -> list[str]:
 
 @dataclass
 class ShardTimes:
-    """Seconds spent per step of a shard job."""
+    """Seconds per step of a shard job; decode, encode and write run in threads beside the estimator."""
     decode: float = 0.0
     estimate: float = 0.0
     encode: float = 0.0
     write: float = 0.0
+    wall: float = 0.0
 
 
 def write_shard(out: str | os.PathLike, root: str | os.PathLike, videos: Sequence[Video],
                 estimate: PairEstimator, attributes: dict, progress: bool = True) -> ShardTimes:
-    """Compute and store the encoded flow of `videos` into a new store at `out`, atomically."""
+    """Compute and store the encoded flow of `videos` into a new store at `out`, atomically.
+
+    While the estimator works on video i, one thread decodes video i+1 and another encodes and writes
+    video i-1 (numpy, OpenCV and Zstd release the GIL), so on two cores the overhead mostly hides."""
     out = Path(out)
     times = ShardTimes()
+    start = time.perf_counter()
     remove_stale_temps(out)
-    with atomic_dir(out) as tmp:
+
+    def load(video: Video) -> np.ndarray:
+        began = time.perf_counter()
+        frames = read_frames(root, video)
+        times.decode += time.perf_counter() - began
+        return frames
+
+    def store(group: zarr.Group, video_id: int, flows: np.ndarray) -> None:
+        began = time.perf_counter()
+        rgb = encode_video(flows)
+        mid = time.perf_counter()
+        write_video(group, video_id, rgb)
+        times.encode += mid - began
+        times.write += time.perf_counter() - mid
+
+    # the pools are shut down (waiting for their tasks) before atomic_dir commits or removes the folder
+    with atomic_dir(out) as tmp, ThreadPoolExecutor(1) as reader, ThreadPoolExecutor(1) as writer:
         group = zarr.open_group(tmp, mode="w", zarr_format=3)
-        bar = tqdm(videos, desc=f"flow {out.name}", unit="video", disable=not progress, file=sys.stderr)
-        for video in bar:
-            start = time.perf_counter()
-            frames = read_frames(root, video)
-            mid = time.perf_counter()
+        pending: list[Future] = []
+        upcoming = reader.submit(load, videos[0]) if videos else None
+        for i, video in enumerate(tqdm(videos, desc=f"flow {out.name}", unit="video", disable=not progress,
+                                       file=sys.stderr)):
+            frames = upcoming.result()
+            if i + 1 < len(videos):
+                upcoming = reader.submit(load, videos[i + 1])
+            began = time.perf_counter()
             flows = video_flow(frames, estimate)
-            enc = time.perf_counter()
-            rgb = encode_video(flows)
-            wr = time.perf_counter()
-            write_video(group, video.id, rgb)
-            end = time.perf_counter()
-            times.decode += mid - start
-            times.estimate += enc - mid
-            times.encode += wr - enc
-            times.write += end - wr
+            times.estimate += time.perf_counter() - began
+            pending.append(writer.submit(store, group, video.id, flows))
+            while len(pending) > 2:  # at most two videos of flow waiting in memory
+                pending.pop(0).result()
+        for future in pending:
+            future.result()
         group.attrs.update(attributes)
+    times.wall = time.perf_counter() - start
     return times
 
 
