@@ -73,8 +73,8 @@ def stage_overhead(frames: np.ndarray, folder: Path, num_videos: int) -> dict:
         videos.append(Video(vid, WIDTH, HEIGHT, tuple(names)))
     params = FlowParams("dis", num_videos, GmaParams("unused.pth", 12, "float32"), DisParams("medium"))
     out = folder / "shard_0.zarr"
-    times = write_shard(out, folder, videos, DisEstimator("medium"), store_attributes(params, [v.id for v in videos], None),
-                        progress=False)
+    attributes = store_attributes(params, [v.id for v in videos], None)
+    times = write_shard(out, folder, videos, DisEstimator("medium"), attributes, progress=False)
     stored = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
     num_frames = num_videos * len(frames)
     overhead = times.decode + times.encode + times.write
