@@ -49,18 +49,31 @@ def _hue_index(u: np.ndarray, v: np.ndarray) -> np.ndarray:
 def _colors(fk: np.ndarray, rad: np.ndarray) -> np.ndarray:
     """(..., 3) uint8 colour of hue index fk (...) and radius rad (...), as flow_viz's flow_uv_to_colors.
 
-    The same float64 operations per element as the official code (a gather from the wheel / 255, a linear
-    mix, the fade towards white), arranged per channel on whole arrays for speed."""
+    The same float64 operations per element as the official code: col = (1 - f) wheel[k0] / 255 +
+    f wheel[k1] / 255, then 1 - rad (1 - col) (towards white at small radius; a radius > 1, reachable only
+    by float rounding, gives 0.75 col instead), floored to uint8. Done per channel, in place, for speed."""
     k0 = np.floor(fk).astype(np.int32)
     k1 = k0 + 1
     k1[k1 == NUM_COLS] = 0
     f = fk - k0  # float64
-    inside = rad <= 1  # radius > 1 is only reachable by float rounding; it is darkened instead
+    g = 1 - f
+    outside = ~(rad <= 1)
+    any_outside = bool(outside.any())
     out = np.empty(fk.shape + (3,), np.uint8)
     for channel in range(3):
-        col = (1 - f) * _WHEEL_UNIT[channel][k0] + f * _WHEEL_UNIT[channel][k1]
-        col = np.where(inside, 1 - rad * (1 - col), col * 0.75)
-        out[..., channel] = np.floor(255 * col)
+        col = _WHEEL_UNIT[channel][k0]
+        col *= g
+        col1 = _WHEEL_UNIT[channel][k1]
+        col1 *= f
+        col += col1  # (1 - f) col0 + f col1
+        faded = np.subtract(1, col)
+        faded *= rad
+        np.subtract(1, faded, out=faded)  # 1 - rad (1 - col)
+        if any_outside:
+            faded[outside] = col[outside] * 0.75
+        faded *= 255
+        np.floor(faded, out=faded)
+        out[..., channel] = faded
     return out
 
 
