@@ -38,6 +38,24 @@ def shard_ids():
     return list(range(math.ceil(num_videos() / config["flow"]["shard_size"])))
 
 
+def flow_store(k):
+    """The flow store of shard k (rule flow)."""
+    return f"results/flow/shard_{k}.zarr"
+
+
+def flow_stores():
+    """Every shard's flow store."""
+    return [flow_store(k) for k in shard_ids()]
+
+
+def gma_checkpoint_if_used():
+    """The configured GMA checkpoint when flow.estimator is gma (rule gma_checkpoint fetches it), else none."""
+    return [config["flow"]["gma"]["checkpoint"]] if config["flow"]["estimator"] == "gma" else []
+
+
 def final_targets():
     """What `snakemake` with no target builds."""
-    return ["results/split/summary.json"]
+    targets = ["results/split/summary.json"]
+    if not config["dataset"]["root"]:
+        targets.append("results/flow/quality.json")  # the flow estimator scored on synthetic ground truth
+    return targets

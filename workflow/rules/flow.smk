@@ -1,1 +1,63 @@
 # Rules of the flow stage.
+
+
+rule flow:
+    """RGB-encoded optical flow of one shard of videos (method §2): one Zarr v3 store per shard, written to a
+    temporary folder and renamed when complete. GMA runs on a GPU when one is visible; DIS on the CPU."""
+    input:
+        annotations=annotations(),
+        checkpoint=gma_checkpoint_if_used(),
+    output:
+        directory(flow_store("{k}")),
+    params:
+        cfg=section("flow"),
+        num_videos=num_videos(),
+    log:
+        stderr="logs/flow/shard_{k}.log",
+        summary="logs/flow/shard_{k}.json",
+    wildcard_constraints:
+        k=r"\d+",
+    threads: 2
+    resources:
+        gpu=1 if config["flow"]["estimator"] == "gma" else 0,
+    shell:
+        "python -m pipeline.flow --root $(dirname {input.annotations:q})"
+        " --annotations $(basename {input.annotations:q}) --shard {wildcards.k}"
+        " --num-videos {params.num_videos} --params {params.cfg:q} --out {output:q}"
+        " --log-json {log.summary:q} --threads {threads} 2> {log.stderr:q}"
+
+
+rule gma_checkpoint:
+    """The configured GMA checkpoint, when missing: downloaded from the official repository
+    (github.com/zacjiang/GMA, checkpoints/) and checked to load strictly; offline, the log names the file,
+    the URL and where to put it. Needed only when flow.estimator is gma."""
+    output:
+        config["flow"]["gma"]["checkpoint"],
+    log:
+        "logs/gma_checkpoint/gma_checkpoint.log",
+    shell:
+        "python -m pipeline.gma_checkpoint --dest {output:q} 2> {log}"
+
+
+if not config["dataset"]["root"]:
+
+    rule flow_quality:
+        """The configured estimator scored against the synthetic ground-truth flow: EPE and the share of
+        pixels with an error above 3 px, per video and overall."""
+        input:
+            annotations=annotations(),
+            flow_gt="results/synthetic/flow_gt",
+            checkpoint=gma_checkpoint_if_used(),
+        output:
+            "results/flow/quality.json",
+        params:
+            cfg=section("flow"),
+        log:
+            "logs/flow_quality/flow_quality.log",
+        threads: 2
+        resources:
+            gpu=1 if config["flow"]["estimator"] == "gma" else 0,
+        shell:
+            "python -m pipeline.flow_quality --root $(dirname {input.annotations:q})"
+            " --annotations $(basename {input.annotations:q}) --gt-dir {input.flow_gt:q}"
+            " --params {params.cfg:q} --out {output:q} --threads {threads} 2> {log}"
