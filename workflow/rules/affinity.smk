@@ -5,7 +5,7 @@ rule affinity:
     """Packed colour and flow neighbour masks of one shard's frames (method §3), on the stride-4 grid."""
     input:
         annotations=annotations(),
-        flow="results/flow/shard_{k}.zarr",
+        flow=flow_store("{k}"),
     output:
         directory("results/affinity/shard_{k}.zarr"),
     params:

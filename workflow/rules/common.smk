@@ -56,6 +56,7 @@ def gma_checkpoint_if_used():
 def final_targets():
     """What `snakemake` with no target builds."""
     targets = ["results/split/summary.json"]
+    targets += [f"results/affinity/shard_{k}.zarr" for k in shard_ids()]  # rule affinity
     if not config["dataset"]["root"]:
         targets.append("results/flow/quality.json")  # the flow estimator scored on synthetic ground truth
     return targets
