@@ -16,6 +16,8 @@ rule affinity:
     wildcard_constraints:
         k=r"\d+",
     threads: 1
+    conda:
+        "../../envs/data.yaml"
     shell:
         "python -m pipeline.affinity --root $(dirname {input.annotations:q})"
         " --annotations $(basename {input.annotations:q})"

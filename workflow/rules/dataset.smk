@@ -12,6 +12,8 @@ rule synthetic:
         cfg=section("dataset", "synthetic"),
     log:
         "logs/synthetic/synthetic.log",
+    conda:
+        "../../envs/data.yaml"
     shell:
         "python -m pipeline.synthetic --params {params.cfg:q} --out results/synthetic 2> {log}"
 
@@ -30,6 +32,8 @@ rule split:
         cfg=section("split"),
     log:
         "logs/split/split.log",
+    conda:
+        "../../envs/data.yaml"
     shell:
         'python -m pipeline.split --root "$(dirname {input.annotations:q})" --params {params.cfg:q}'
         " --out-dir results/split 2> {log}"

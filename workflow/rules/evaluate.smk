@@ -20,6 +20,8 @@ rule evaluate:
     threads: 2
     resources:
         mem_mb=4000,
+    conda:
+        "../../envs/train.yaml"
     shell:
         "python -m model.evaluate --checkpoint {input.checkpoint:q} --index {input.index:q} --gt {input.gt:q}"
         " --frames {params.frames:q} --flow results/flow --params {params.cfg:q} --experiment {wildcards.exp}"
@@ -37,6 +39,8 @@ rule tables:
         experiments=section("experiments"),
     log:
         "logs/tables/tables.log",
+    conda:
+        "../../envs/train.yaml"
     shell:
         "python -m model.tables --experiments {params.experiments:q} --metrics {input.metrics:q}"
         " --out-dir {output:q} 2> {log:q}"

@@ -20,6 +20,8 @@ rule flow:
     threads: 2
     resources:
         gpu=1 if config["flow"]["estimator"] == "gma" else 0,
+    conda:
+        "../../envs/flow.yaml"
     shell:
         "python -m pipeline.flow --root $(dirname {input.annotations:q})"
         " --annotations $(basename {input.annotations:q}) --shard {wildcards.k}"
@@ -35,6 +37,8 @@ rule gma_checkpoint:
         config["flow"]["gma"]["checkpoint"],
     log:
         "logs/gma_checkpoint/gma_checkpoint.log",
+    conda:
+        "../../envs/flow.yaml"
     shell:
         "python -m pipeline.gma_checkpoint --dest {output:q} 2> {log}"
 
@@ -57,6 +61,8 @@ if not config["dataset"]["root"]:
         threads: 2
         resources:
             gpu=1 if config["flow"]["estimator"] == "gma" else 0,
+        conda:
+            "../../envs/flow.yaml"
         shell:
             "python -m pipeline.flow_quality --root $(dirname {input.annotations:q})"
             " --annotations $(basename {input.annotations:q}) --gt-dir {input.flow_gt:q}"
