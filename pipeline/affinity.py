@@ -27,8 +27,15 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import zarr
+    from tqdm import tqdm
+
+    from pipeline.ytvis import Video, YtvisDataset
 
 GRID_STRIDE = 4
 
@@ -193,6 +200,10 @@ def unpack_bits(packed: np.ndarray) -> np.ndarray:
 _HFLIP_BYTE = pack_bits(unpack_bits(np.arange(256, dtype=np.uint8)[None, :])[list(HFLIP_NEIGHBOURS)])[0]
 
 
+# (256,) int64: the number of set bits of each byte (pairs per cell).
+_BITS_SET = unpack_bits(np.arange(256, dtype=np.uint8)[None, :]).sum(axis=0)[0].astype(np.int64)
+
+
 def hflip_packed(packed: np.ndarray) -> np.ndarray:
     """Packed masks (…, h, w) of the horizontally flipped frame: mirror the columns, permute the bits.
 
@@ -303,7 +314,7 @@ def read_frame(path: Path, video_id: int, frame_index: int, height: int, width: 
     return np.ascontiguousarray(bgr[..., ::-1])                    # BGR -> RGB
 
 
-def open_shard_flow(flow_store: Path, dataset, shard: int):
+def open_shard_flow(flow_store: Path, dataset: YtvisDataset, shard: int) -> tuple[zarr.Group, dict, list[Video]]:
     """The shard's flow store (Zarr group, read-only), its attributes and its videos (pipeline.ytvis.Video).
 
     The flow settings come from the store itself (this stage's params hold only the affinity section);
@@ -327,8 +338,10 @@ def open_shard_flow(flow_store: Path, dataset, shard: int):
     return group, attrs, [by_id[v] for v in expected]
 
 
-def video_masks(dataset, video, flow_video, params: AffinityParams, progress) -> tuple[np.ndarray, np.ndarray]:
-    """Packed (colour, flow) masks, each uint8 (T, ceil(H/4), ceil(W/4)), of every frame of one video."""
+def video_masks(dataset: YtvisDataset, video: Video, flow_video: zarr.Array, params: AffinityParams,
+                progress: tqdm) -> tuple[np.ndarray, np.ndarray]:
+    """Packed (colour, flow) masks, each uint8 (T, ceil(H/4), ceil(W/4)), of every frame of one video;
+    flow_video: the video's (T, H, W, 3) uint8 array of the flow store."""
     t_frames, height, width = video.length, video.height, video.width
     if tuple(flow_video.shape) != (t_frames, height, width, 3) or flow_video.dtype != np.uint8:
         raise ValueError(f"flow of video {video.id}: expected uint8 {(t_frames, height, width, 3)} (T, H, W, 3) "
@@ -343,7 +356,7 @@ def video_masks(dataset, video, flow_video, params: AffinityParams, progress) ->
     return color, flow
 
 
-def write_video(group, video_id: int, color: np.ndarray, flow: np.ndarray) -> None:
+def write_video(group: zarr.Group, video_id: int, color: np.ndarray, flow: np.ndarray) -> None:
     """Arrays `color` and `flow` (T, h, w) uint8 under group str(video_id): chunk one frame, one shard per video."""
     from zarr.codecs import ZstdCodec
 
@@ -360,6 +373,7 @@ def run_shard(root: Path, annotations: Path, shard: int, flow_store: Path, param
     import zarr
     from tqdm import tqdm
 
+    from pipeline.flow import remove_stale_temps
     from pipeline.io import atomic_dir
     from pipeline.ytvis import load_ytvis
 
@@ -371,14 +385,15 @@ def run_shard(root: Path, annotations: Path, shard: int, flow_store: Path, param
                   "neighbour_offsets": [list(o) for o in NEIGHBOUR_OFFSETS]}
     set_bits = {"color": 0, "flow": 0}
     cells = 0
+    remove_stale_temps(Path(out))                                  # left by a killed earlier run
     with atomic_dir(out) as tmp, tqdm(total=sum(v.length for v in videos), desc=f"affinity shard {shard}",
                                       unit="frame") as progress:
         group = zarr.open_group(str(tmp), mode="w", zarr_format=3, attributes=attributes)
         for video in videos:
             color, flow = video_masks(dataset, video, flow_group[str(video.id)], params, progress)
             write_video(group, video.id, color, flow)
-            set_bits["color"] += int(unpack_bits(color).sum())
-            set_bits["flow"] += int(unpack_bits(flow).sum())
+            set_bits["color"] += int(_BITS_SET[color].sum())
+            set_bits["flow"] += int(_BITS_SET[flow].sum())
             cells += color.size
     seconds = time.perf_counter() - started
     frames = sum(v.length for v in videos)

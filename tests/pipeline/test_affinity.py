@@ -303,6 +303,8 @@ def test_cli_writes_shard_store(make_ytvis, tmp_path):
     flow_store = tmp_path / "flow" / "shard_1.zarr"
     flow_attrs = write_flow_store(flow_store, root, shard=1, shard_size=4)
     out = tmp_path / "affinity" / "shard_1.zarr"
+    (tmp_path / "affinity" / ".shard_1.zarr.killed.tmp").mkdir(parents=True)  # left by a killed run
+    (out / "stale").mkdir(parents=True)                              # an older store: replaced whole
     section = {"theta_color": 2.0, "tau_color": 0.3, "theta_flow": 0.5, "tau_flow": 0.6, "bottom_rows": 10}
     aff.main(["--root", str(root), "--annotations", str(root / "train.json"), "--shard", "1",
               "--flow", str(flow_store), "--params", json.dumps(section), "--out", str(out),
@@ -313,6 +315,7 @@ def test_cli_writes_shard_store(make_ytvis, tmp_path):
     assert store.attrs["params"] == section and store.attrs["flow_store"] == flow_attrs
     flow_group = zarr.open_group(str(flow_store), mode="r")
     params = aff.AffinityParams(**section)
+    set_bits = {"color": 0, "flow": 0}
     for vid in flow_attrs["videos"]:
         video = dataset.video_by_id[vid]
         color, flow = store[str(vid)]["color"][...], store[str(vid)]["flow"][...]
@@ -321,8 +324,13 @@ def test_cli_writes_shard_store(make_ytvis, tmp_path):
             frame = aff.read_frame(dataset.frame_path(video, t), vid, t, 26, 32)
             want = aff.frame_masks(frame, flow_group[str(vid)][t], params)
             assert np.array_equal(color[t], want[0]) and np.array_equal(flow[t], want[1])
+        set_bits["color"] += aff.unpack_bits(color).sum()
+        set_bits["flow"] += aff.unpack_bits(flow).sum()
     summary = json.loads((tmp_path / "log.json").read_text())
     assert summary["frames"] == 6 and summary["videos"] == 2
+    for name, count in set_bits.items():
+        assert summary["pair_fraction"][name] == round(count / (8 * 6 * 7 * 8), 4)
+    assert not (out / "stale").exists()
     assert [p.name for p in out.parent.iterdir()] == ["shard_1.zarr"]  # no temporary folder left
 
 
