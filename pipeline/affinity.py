@@ -12,8 +12,12 @@ Conventions used throughout this module:
   `bottom_rows` pixel rows of the original frame (BoxInst removes them as unreliable; only the neighbour
   side is masked, as AdelaiDet does — the centre side is the trainer's box mask).
 
-The CLI (`python -m pipeline.affinity`) computes both masks for every frame of one shard and writes them
-to one Zarr v3 store (docs/design.md, "Stores").
+Colour: the pooled RGB is truncated to uint8 (AdelaiDet's `.byte()`) and converted to Lab; flow: the
+pooled RGB-encoded flow is scaled to [0, 1]. M = [exp(−‖x_i − x_k‖₂ / θ) ≥ τ] per modality.
+
+CLI (rule `affinity`), one shard of videos -> one Zarr v3 store (docs/design.md, "Stores"):
+  python -m pipeline.affinity --root R --annotations train.json --shard K --flow results/flow/shard_K.zarr
+    --params JSON --out results/affinity/shard_K.zarr --log-json logs/affinity/shard_K.json
 """
 
 from __future__ import annotations
@@ -22,20 +26,21 @@ import argparse
 import dataclasses
 import functools
 import json
-import logging
 import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+import cv2
 import numpy as np
+import zarr
+from tqdm import tqdm
+from zarr.codecs import ZstdCodec
 
-if TYPE_CHECKING:
-    import zarr
-    from tqdm import tqdm
-
-    from pipeline.ytvis import Video, YtvisDataset
+from pipeline.flow import FlowParams, open_flow_store, remove_stale_temps
+from pipeline.io import atomic_dir, params_from_json, setup_logging, write_json_atomic
+from pipeline.shards import videos_of_shard
+from pipeline.ytvis import Video, YtvisDataset, load_ytvis
 
 GRID_STRIDE = 4
 
@@ -303,8 +308,6 @@ def frame_masks(frame: np.ndarray, flow_rgb: np.ndarray, params: AffinityParams)
 
 def read_frame(path: Path, video_id: int, frame_index: int, height: int, width: int) -> np.ndarray:
     """RGB uint8 (H, W, 3) of one JPEG frame; a missing, unreadable or wrongly sized file names the video/frame."""
-    import cv2
-
     bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if bgr is None:
         raise FileNotFoundError(f"{path}: video {video_id} frame {frame_index} is missing or not a readable image")
@@ -320,11 +323,6 @@ def open_shard_flow(flow_store: Path, dataset: YtvisDataset, shard: int) -> tupl
     The flow settings come from the store itself (this stage's params hold only the affinity section);
     pipeline.flow.open_flow_store then checks the store's format, that it holds exactly the videos of shard
     `shard` of `dataset` (videos sorted by id, flow.shard_size per shard), and that it is complete."""
-    import zarr
-
-    from pipeline.flow import FlowParams, open_flow_store
-    from pipeline.shards import videos_of_shard
-
     if not (Path(flow_store) / "zarr.json").is_file():
         raise FileNotFoundError(f"{flow_store}: no flow store here (run rule flow for shard {shard})")
     attrs = dict(zarr.open_group(str(flow_store), mode="r", zarr_format=3).attrs)
@@ -358,8 +356,6 @@ def video_masks(dataset: YtvisDataset, video: Video, flow_video: zarr.Array, par
 
 def write_video(group: zarr.Group, video_id: int, color: np.ndarray, flow: np.ndarray) -> None:
     """Arrays `color` and `flow` (T, h, w) uint8 under group str(video_id): chunk one frame, one shard per video."""
-    from zarr.codecs import ZstdCodec
-
     sub = group.create_group(str(video_id))
     for name, data in (("color", color), ("flow", flow)):
         array = sub.create_array(name, shape=data.shape, dtype=np.uint8, chunks=(1,) + data.shape[1:],
@@ -370,13 +366,6 @@ def write_video(group: zarr.Group, video_id: int, color: np.ndarray, flow: np.nd
 def run_shard(root: Path, annotations: Path, shard: int, flow_store: Path, params: AffinityParams,
               out: Path) -> dict:
     """Compute and write the affinity store of one shard (atomically); returns the summary for the JSON log."""
-    import zarr
-    from tqdm import tqdm
-
-    from pipeline.flow import remove_stale_temps
-    from pipeline.io import atomic_dir
-    from pipeline.ytvis import load_ytvis
-
     started = time.perf_counter()
     dataset = load_ytvis(root, annotations, check_files=False)
     flow_group, flow_attrs, videos = open_shard_flow(flow_store, dataset, shard)
@@ -405,8 +394,6 @@ def run_shard(root: Path, annotations: Path, shard: int, flow_store: Path, param
 
 def main(argv: list[str] | None = None) -> None:
     """CLI: the affinity store of one shard (rule `affinity`)."""
-    from pipeline.io import params_from_json, setup_logging, write_json_atomic
-
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", required=True, type=Path, help="dataset folder (train.json + JPEGImages/)")
     parser.add_argument("--annotations", required=True, type=Path,
