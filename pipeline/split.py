@@ -18,11 +18,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pycocotools import mask as mask_utils
 from tqdm import tqdm
 
 from pipeline.io import params_from_json, setup_logging, write_json_atomic
-from pipeline.ytvis import Rle, YtvisDataset, YtvisError, compressed_rle_stats, load_ytvis, ytvis_json
+from pipeline.ytvis import (Rle, YtvisDataset, YtvisError, compressed_counts, compressed_rle_stats, load_ytvis,
+                            ytvis_json)
 
 PAPER_COUNTS = {"train_train": {"videos": 1847, "images": 51049},
                 "train_val": {"videos": 391, "images": 10796}}
@@ -73,27 +73,20 @@ def split_videos(dataset: YtvisDataset, videos_per_class: int, seed: int) -> tup
     return train_train, sorted(train_val)
 
 
-def _compressed(rles: list[Rle], frames: list[int], file: Path, item: str) -> list[str]:
-    """Compressed counts strings of `rles` (frames `frames` of one track); uncompressed ones are converted with
-    pycocotools, compressed ones fully decoded once to check their run lengths."""
+def _checked_compressed(rles: list[Rle], frames: list[int], file: Path, item: str) -> list[str]:
+    """Compressed counts of `rles` (frames `frames` of one track). Counts that came compressed are decoded once
+    (vectorised) to check their run lengths, the part of the RLE check `load_ytvis` leaves to the data used."""
     height, width = rles[0].size
-    as_lists = [i for i, r in enumerate(rles) if isinstance(r.counts, list)]
-    out: list[str | None] = [r.counts if isinstance(r.counts, str) else None for r in rles]
-    if as_lists:
-        encoded = mask_utils.frPyObjects([{"size": [height, width], "counts": rles[i].counts} for i in as_lists],
-                                         height, width)
-        for i, enc in zip(as_lists, encoded):
-            out[i] = enc["counts"].decode("ascii")
-    strings = [i for i, r in enumerate(rles) if isinstance(r.counts, str)]
-    if strings:
-        totals, smallest = compressed_rle_stats([rles[i].counts for i in strings])
+    given = [i for i, r in enumerate(rles) if isinstance(r.counts, str)]
+    if given:
+        totals, smallest = compressed_rle_stats([rles[i].counts for i in given])  # type: ignore[misc]
         bad = np.flatnonzero((totals != height * width) | (smallest < 0))
         if bad.size:
-            t = frames[strings[int(bad[0])]]
+            t = frames[given[int(bad[0])]]
             raise YtvisError(file, item, f"segmentations[{t}]", f"compressed RLE decodes to "
                              f"{int(totals[bad[0]])} pixels with smallest run {int(smallest[bad[0]])}; "
                              f"expected {height * width} pixels and no negative run")
-    return out  # type: ignore[return-value]
+    return compressed_counts(rles)
 
 
 def to_coco(dataset: YtvisDataset, video_ids: Iterable[int], progress: bool = False) -> dict[str, Any]:
@@ -119,7 +112,7 @@ def to_coco(dataset: YtvisDataset, video_ids: Iterable[int], progress: bool = Fa
             frames = [t for t, s in enumerate(track.segmentations) if s is not None]
             if not frames:
                 continue
-            counts = _compressed([track.segmentations[t] for t in frames], frames,  # type: ignore[misc]
+            counts = _checked_compressed([track.segmentations[t] for t in frames], frames,  # type: ignore[misc]
                                  dataset.annotation_file, f"annotation {track.id} (video {vid})")
             for t, c in zip(frames, counts):
                 annotations.append({"id": len(annotations) + 1, "image_id": first_image_id + t,

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pycocotools import mask as mask_utils
 from tqdm import tqdm
 
 from pipeline.io import write_json_atomic
@@ -144,7 +145,8 @@ def _safe_file_name(name: Any, file: Path, item: str, key: str) -> str:
     return name
 
 
-_RLE_ALPHABET_MIN, _RLE_ALPHABET_MAX, _RLE_LAST_MAX = "0", chr(48 + 63), chr(48 + 31)
+_RLE_ALPHABET = bytes(range(48, 48 + 64))  # pycocotools writes 6 bits per character as chr(48 + x)
+_RLE_LAST_MAX = chr(48 + 31)  # a value's last character has the continuation bit 0x20 clear
 
 
 def _rle(seg: Any, height: int, width: int, file: Path, item: str, key: str) -> Rle:
@@ -160,8 +162,11 @@ def _rle(seg: Any, height: int, width: int, file: Path, item: str, key: str) -> 
         raise YtvisError(file, item, key, f"RLE size {size} differs from the video's [height, width] "
                                           f"[{height}, {width}]")
     if type(counts) is str:
-        if (not counts or min(counts) < _RLE_ALPHABET_MIN or max(counts) > _RLE_ALPHABET_MAX
-                or counts[-1] > _RLE_LAST_MAX):
+        try:
+            foreign = counts.encode("ascii").translate(None, _RLE_ALPHABET)  # characters outside the alphabet
+        except UnicodeEncodeError:
+            foreign = b"?"
+        if not counts or foreign or counts[-1] > _RLE_LAST_MAX:
             raise YtvisError(file, item, key, "compressed RLE counts are not a valid pycocotools string")
         return Rle((height, width), counts)
     if type(counts) is list:
@@ -359,8 +364,36 @@ def _rle_json(rle: Rle | None) -> dict | None:
     return None if rle is None else {"size": list(rle.size), "counts": rle.counts}
 
 
-def ytvis_json(dataset: YtvisDataset, video_ids: Iterable[int]) -> dict:
-    """The YouTube-VIS json of the subset `video_ids` (all categories, the tracks of those videos)."""
+def compressed_counts(rles: list[Rle]) -> list[str]:
+    """Compressed counts strings of `rles`, all of one frame size; uncompressed counts are encoded with
+    pycocotools (in one call), compressed ones returned as they are."""
+    out = [r.counts if isinstance(r.counts, str) else None for r in rles]
+    as_lists = [i for i, c in enumerate(out) if c is None]
+    if as_lists:
+        height, width = rles[as_lists[0]].size
+        encoded = mask_utils.frPyObjects([{"size": [height, width], "counts": rles[i].counts} for i in as_lists],
+                                         height, width)
+        for i, enc in zip(as_lists, encoded):
+            out[i] = enc["counts"].decode("ascii")
+    return out  # type: ignore[return-value]
+
+
+def _segmentations_json(segmentations: tuple[Rle | None, ...], compress: bool) -> list[dict | None]:
+    """A track's segmentations in json form, with uncompressed counts compressed when `compress`."""
+    if not compress:
+        return [_rle_json(s) for s in segmentations]
+    present = [t for t, s in enumerate(segmentations) if s is not None]
+    out: list[dict | None] = [None] * len(segmentations)
+    if present:
+        counts = compressed_counts([segmentations[t] for t in present])  # type: ignore[misc]
+        for t, c in zip(present, counts):
+            out[t] = {"size": list(segmentations[t].size), "counts": c}  # type: ignore[union-attr]
+    return out
+
+
+def ytvis_json(dataset: YtvisDataset, video_ids: Iterable[int], compress: bool = True) -> dict:
+    """The YouTube-VIS json of the subset `video_ids` (all categories, the tracks of those videos). With
+    `compress`, uncompressed RLE is written compressed (same masks, about 4x smaller, faster to parse)."""
     keep = set(video_ids)
     unknown = keep - {v.id for v in dataset.videos}
     if unknown:
@@ -376,7 +409,7 @@ def ytvis_json(dataset: YtvisDataset, video_ids: Iterable[int]) -> dict:
     out["annotations"] = [{"id": t.id, "video_id": t.video_id, "category_id": t.category_id,
                            "iscrowd": t.iscrowd, "height": videos[t.video_id].height,
                            "width": videos[t.video_id].width,
-                           "segmentations": [_rle_json(s) for s in t.segmentations],
+                           "segmentations": _segmentations_json(t.segmentations, compress),
                            "bboxes": [None if b is None else list(b) for b in t.bboxes_xywh],
                            "areas": list(t.areas)} for t in dataset.tracks if t.video_id in keep]
     out["categories"] = [{"id": c.id, "name": c.name, "supercategory": c.supercategory}
@@ -384,42 +417,43 @@ def ytvis_json(dataset: YtvisDataset, video_ids: Iterable[int]) -> dict:
     return out
 
 
-def write_ytvis(dataset: YtvisDataset, video_ids: Iterable[int], path: str | os.PathLike) -> None:
+def write_ytvis(dataset: YtvisDataset, video_ids: Iterable[int], path: str | os.PathLike,
+                compress: bool = True) -> None:
     """Write the subset `video_ids` in YouTube-VIS format to `path`, atomically (temporary file + rename)."""
-    write_json_atomic(path, ytvis_json(dataset, video_ids), indent=None)
+    write_json_atomic(path, ytvis_json(dataset, video_ids, compress), indent=None)
 
 
 def compressed_rle_stats(counts: list[str]) -> tuple[np.ndarray, np.ndarray]:
     """Decode pycocotools compressed RLE strings (vectorised over the batch) to (total pixels, smallest run) per
-    string, both int64 arrays of shape (len(counts),). Strings must already pass the cheap alphabet check."""
+    string, both int64 arrays of shape (len(counts),). Strings must already pass `load_ytvis`'s cheap check
+    (alphabet chr(48)..chr(111), last character ends a value)."""
     n = len(counts)
     if n == 0:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
     lengths = np.fromiter((len(s) for s in counts), np.int64, n)
-    chars = np.frombuffer("".join(counts).encode("ascii"), np.uint8).astype(np.int64) - 48  # (C,)
-    last = (chars & 0x20) == 0  # the character that ends a value
-    value_start = np.flatnonzero(np.r_[True, last[:-1]])  # (V,) first character of each value
-    value_of_char = np.cumsum(np.r_[0, last[:-1]])  # (C,) index of the value a character belongs to
-    shift_chars = np.arange(chars.size) - value_start[value_of_char]  # 5-bit group index within the value
-    if shift_chars.max() > 11:
+    chars = np.frombuffer("".join(counts).encode("ascii"), np.uint8) - np.uint8(48)  # (C,) 6-bit groups
+    value_end = np.flatnonzero(chars < 32)  # (V,) a value ends at a character without continuation bit 0x20
+    value_start = np.r_[0, value_end[:-1] + 1]
+    value_len = value_end - value_start + 1
+    if value_len.max() > 12:
         raise ValueError("compressed RLE value longer than 12 characters")
-    values = np.add.reduceat((chars & 0x1F) << (5 * shift_chars), value_start)  # (V,)
-    last_idx = np.flatnonzero(last)  # (V,) last character of each value
-    negative = (chars[last_idx] & 0x10) != 0
-    values = values - (negative.astype(np.int64) << (5 * (shift_chars[last_idx] + 1)))  # sign extension
-    # Values per string: the number of value-ending characters in its character range.
-    ends_cum = np.r_[0, np.cumsum(last)]
-    char_end = np.cumsum(lengths)
-    values_per_string = ends_cum[char_end] - ends_cum[char_end - lengths]  # (n,)
-    first_value = np.r_[0, np.cumsum(values_per_string)[:-1]]  # (n,)
-    string_of_value = np.repeat(np.arange(n), values_per_string)
-    pos = np.arange(values.size) - first_value[string_of_value]  # position of the value within its string
+    values = (chars[value_start] & 0x1F).astype(np.int64)  # (V,)
+    for k in range(1, int(value_len.max())):  # values are mostly 1-2 characters: few, shrinking passes
+        longer = np.flatnonzero(value_len > k)
+        values[longer] |= (chars[value_start[longer] + k] & 0x1F).astype(np.int64) << (5 * k)
+    negative = (chars[value_end] & 0x10) != 0  # sign bit of the last group: extend it
+    values -= negative.astype(np.int64) << (5 * value_len)
+    # Values of string i: positions [first_value[i], first_value[i + 1]) (strings end on a value end).
+    char_start = np.r_[0, np.cumsum(lengths)[:-1]]
+    first_value = np.searchsorted(value_end, char_start)  # (n,)
+    values_per_string = np.diff(np.r_[first_value, value_end.size])
+    pos = np.arange(values.size) - np.repeat(first_value, values_per_string)  # index m within its string
     # counts[m] = values[m] + counts[m-2] for m > 2: two running sums per string (even m >= 2, odd m >= 1).
-    counts_out = values.copy()
-    for chain in ((pos % 2 == 0) & (pos >= 2), pos % 2 == 1):
+    counts_out = values
+    for chain in ((pos & 1 == 0) & (pos >= 2), pos & 1 == 1):
         cs = np.cumsum(np.where(chain, values, 0))
         before = np.r_[0, cs][first_value]  # running sum before each string's first value
-        counts_out = np.where(chain, cs - before[string_of_value], counts_out)
+        counts_out = np.where(chain, cs - np.repeat(before, values_per_string), counts_out)
     totals = np.add.reduceat(counts_out, first_value)
     smallest = np.minimum.reduceat(counts_out, first_value)
     return totals, smallest

@@ -193,13 +193,29 @@ def test_writer_round_trips_a_subset(make_ytvis, tmp_path):
     root = make_ytvis(videos=4, frames=5, rle="mixed")
     ds = load_ytvis(root)
     out = tmp_path / "out" / "subset.json"
-    write_ytvis(ds, [115, 101], out)
+    write_ytvis(ds, [115, 101], out, compress=False)
     assert sorted(p.name for p in out.parent.iterdir()) == ["subset.json"]  # no temporary left behind
     sub = load_ytvis(root, out)
     assert [v.id for v in sub.videos] == [101, 115]
     assert sub.videos == tuple(v for v in ds.videos if v.id in (101, 115))
     assert sub.tracks == tuple(t for t in ds.tracks if t.video_id in (101, 115))
     assert sub.categories == ds.categories and sub.info == ds.info
+    # Compressed (the default): same masks, every counts a string.
+    write_ytvis(ds, [115, 101], out)
+    packed = load_ytvis(root, out)
+    assert packed.videos == sub.videos
+    for before, after in zip(sub.tracks, packed.tracks):
+        assert (before.bboxes_xywh, before.areas, before.id) == (after.bboxes_xywh, after.areas, after.id)
+        for s_before, s_after in zip(before.segmentations, after.segmentations):
+            assert (s_before is None) == (s_after is None)
+            if s_before is not None:
+                assert isinstance(s_after.counts, str)
+                mask = mask_utils.decode({"size": list(s_after.size), "counts": s_after.counts.encode()})
+                if isinstance(s_before.counts, list):
+                    flat = np.repeat(np.arange(len(s_before.counts)) % 2, s_before.counts)
+                    assert np.array_equal(mask, flat.reshape(32, 24).T)
+                else:
+                    assert s_after.counts == s_before.counts
     with pytest.raises(KeyError, match="9999"):
         write_ytvis(ds, [101, 9999], tmp_path / "out" / "bad.json")
     assert not (tmp_path / "out" / "bad.json").exists()
