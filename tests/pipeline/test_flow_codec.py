@@ -116,3 +116,22 @@ def test_flip_bound_on_dense_grid():
     assert (err[outside_seam] <= 2).mean() > 0.99
     # inside the band the error is the seam's jump (B 0 vs 43, faded by the radius), never more
     assert err.max() <= 43
+
+
+def test_colours_equal_a_per_pixel_loop():
+    # the vectorised colour step against the formula pixel by pixel, including the radius > 1 branch
+    from pipeline.flow_codec import _colors
+    rng = np.random.default_rng(7)
+    fk = rng.uniform(0, 54, (12, 13)).astype(np.float32)
+    fk[0, :3] = (0.0, 27.0, 54.0)
+    rad = rng.uniform(0, 1.3, (12, 13)).astype(np.float32)
+    out = _colors(fk, rad)
+    for y, x in np.ndindex(fk.shape):
+        k0 = int(np.floor(fk[y, x]))
+        k1 = 0 if k0 + 1 == 55 else k0 + 1
+        f = float(fk[y, x]) - k0
+        r = float(rad[y, x])
+        for c in range(3):
+            col = (1 - f) * (WHEEL[k0, c] / 255.0) + f * (WHEEL[k1, c] / 255.0)
+            col = 1 - r * (1 - col) if r <= 1 else col * 0.75
+            assert out[y, x, c] == int(np.floor(255 * col)), (y, x, c)
