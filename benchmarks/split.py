@@ -42,7 +42,8 @@ class Clock:
         self.wall, self.cpu = time.perf_counter() - self._wall, time.process_time() - self._cpu
 
 
-def ellipse_rle(height: int, width: int, cx: float, cy: float, ax: float, ay: float) -> tuple[list[int], list[float], int]:
+def ellipse_rle(height: int, width: int, cx: float, cy: float, ax: float,
+                ay: float) -> tuple[list[int], list[float], int]:
     """Uncompressed column-major counts, XYWH box and area of a filled axis-aligned ellipse, computed per column."""
     xs = np.arange(max(0, int(np.ceil(cx - ax))), min(width - 1, int(np.floor(cx + ax))) + 1)
     half = ay * np.sqrt(np.clip(1.0 - ((xs - cx) / ax) ** 2, 0.0, None))

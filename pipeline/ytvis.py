@@ -8,6 +8,7 @@ are fully decoded only where they are used (`compressed_rle_stats`, called by `p
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -91,14 +92,14 @@ class YtvisDataset:
     info: Any
     licenses: Any
 
-    @property
+    @functools.cached_property
     def video_by_id(self) -> dict[int, Video]:
-        """Videos keyed by id."""
+        """Videos keyed by id (built once; do not modify)."""
         return {v.id: v for v in self.videos}
 
-    @property
+    @functools.cached_property
     def tracks_of_video(self) -> dict[int, list[Track]]:
-        """Tracks of each video id (empty list for a video without tracks), sorted by track id."""
+        """Tracks of each video id (empty list for a video without tracks), sorted by track id (built once)."""
         out: dict[int, list[Track]] = {v.id: [] for v in self.videos}
         for track in self.tracks:
             out[track.video_id].append(track)
