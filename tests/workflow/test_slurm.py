@@ -343,3 +343,90 @@ def test_gma_flow_shard_asks_for_one_gpu_and_retries_with_more(tmp_path: Path) -
         assert (opts["-p"], opts["--gpus"], opts["--cpus-per-task"]) == (GPU_PART, "1", "8"), opts
         assert (opts["-t"], opts["--mem"]) == (str(240 * attempt), str(32000 * attempt)), opts
         assert not {"--ntasks-per-gpu", "--ntasks", "--gres", "--nodes"} & set(opts), opts
+
+
+# A tiny run: 8 videos in 2 shards of 4, a small network, a few iterations
+TINY = """
+dataset:
+  synthetic: {videos: 8, frames: 4, height: 64, width: 64, classes: 2, max_objects: 2, seed: 1}
+split:
+  videos_per_class: 1
+flow:
+  estimator: dis
+  shard_size: 4
+model: {fpn_channels: 16, mask_branch_channels: 16, head_convs: 1, pairwise_warmup: 2}
+train: {iters: 4, batch_size: 2, base_batch: 2, warmup_iters: 1, steps: [3], min_sizes: [64], max_size: 96,
+        checkpoint_every: 2}
+"""
+# rules with one job per flow shard
+SHARDED = {"flow", "affinity"}
+
+
+def planned_jobs(workdir: Path, env: dict[str, str], config: Path) -> dict[str, int]:
+    """Jobs per rule in a dry run's job stats (the local rule `all` left out)."""
+    run = snakemake(workdir, env, "-n", "--configfile", str(config), timeout=300)
+    assert run.returncode == 0, run.stdout + run.stderr
+    stats = run.stdout.split("Job stats:")[1].split("total")[0].splitlines()[3:]
+    jobs = {line.split()[0]: int(line.split()[1]) for line in stats if line.strip()}
+    jobs.pop("all", None)
+    return jobs
+
+
+@pytest.mark.slow
+def test_workflow_through_the_slurm_profile(tmp_path: Path) -> None:
+    """Every job goes through sbatch with the profile's partition, CPUs, GPUs, nodes, runtime and memory; a
+    multi-node train job fans out through srun to one torchrun per node, and the run completes."""
+    config = tmp_path / "tiny.yaml"
+    config.write_text(TINY)
+    env = slurm_env(tmp_path)
+    planned = planned_jobs(tmp_path, env, config)
+    assert {"synthetic", "split", "flow", "affinity"} <= set(planned) and planned["flow"] == 2
+
+    run = snakemake(tmp_path, env, "--configfile", str(config), "--jobs", "3")
+    assert run.returncode == 0, run.stdout + run.stderr[-5000:]
+    subs = read_records(tmp_path, "sbatch")
+    submitted: dict[str, list[dict]] = {}
+    for sub in subs:
+        submitted.setdefault(rule_of(sub), []).append(sub)
+    assert {rule: len(s) for rule, s in submitted.items()} == planned
+    for rule, rule_subs in submitted.items():
+        for sub in rule_subs:
+            check_common(sub, tmp_path)
+            if rule in CPU_RULES:
+                check_cpu_job(sub, *CPU_RULES[rule])
+            elif rule == "evaluate":
+                opts = sub["opts"]
+                assert (opts["-p"], opts["--gpus"], opts["--cpus-per-task"]) == (GPU_PART, "1", "8"), opts
+                assert (opts["-t"], opts["--mem"]) == ("120", "32000"), opts
+                assert not {"--ntasks-per-gpu", "--ntasks", "--gres", "--nodes"} & set(opts), opts
+            elif rule == "train":
+                opts = sub["opts"]
+                assert (opts["-p"], opts["--nodes"], opts["--ntasks"], opts["--ntasks-per-node"]) == (
+                    GPU_PART, str(NODES), str(NODES), "1"), opts
+                assert (opts["--gres"], opts["--cpus-per-task"]) == (f"gpu:{GPUS_PER_NODE}", "32"), opts
+                assert (opts["-t"], opts["--mem"]) == ("1440", "200000"), opts
+                assert not {"--gpus", "--ntasks-per-gpu"} & set(opts), opts  # --gpus would be a job total
+            else:
+                raise AssertionError(f"no expectation for rule {rule}: {sub['opts']}")
+    assert {sub["opts"]["--comment"] for sub in submitted["flow"]} == {"rule_flow_wildcards_0",
+                                                                        "rule_flow_wildcards_1"}
+
+    # every job but train ran its snakemake job step under `srun -n1`; train's shell ran srun itself
+    steps = read_records(tmp_path, "srun")
+    train_ids = {sub["id"] for sub in submitted.get("train", [])}
+    wrapped = [s for s in steps if s["job"] not in train_ids]
+    assert len(wrapped) == len(subs) - len(train_ids)
+    assert all(s["opts"].get("-n1") and s["command"][1:3] == ["-m", "snakemake"] for s in wrapped)
+    launches = [s for s in steps if s["job"] in train_ids]
+    assert len(launches) == len(train_ids)
+    for step in launches:
+        assert step["opts"] == {"--nodes": str(NODES), "--ntasks": str(NODES), "--ntasks-per-node": "1",
+                                "--cpus-per-task": str(min(32, len(os.sched_getaffinity(0)))),  # capped by
+                                "--kill-on-bad-exit": "1"}                                    # the job step
+        port = env["MOWIS_RDZV_PORT"]
+        assert step["command"][:9] == [sys.executable, "-m", "torch.distributed.run", f"--nnodes={NODES}",
+                                       "--rdzv-backend=c10d", f"--rdzv-endpoint=localhost:{port}",
+                                       f"--rdzv-id={step['job']}", "--nproc-per-node=1", "-m"]
+        assert step["command"][9] == "model.train"
+    for log in (tmp_path / "logs/train").glob("*.log"):
+        assert f"rank 0 of {NODES}" in log.read_text()
