@@ -70,11 +70,12 @@ class HeadOutputs:
 class FCOSHead(nn.Module):
     """FCOS head shared across levels: cls tower -> class logits; box tower -> ltrb, centerness, controller.
 
-    Regression = ReLU(scale_l * pred) in stride units; cls bias = -log((1 - prior) / prior).
+    Regression = ReLU(scale_l * pred) in stride units; cls bias = -log((1 - prior) / prior); box bias
+    `box_bias_init` (1 stride a side, so no side starts dead under the ReLU).
     """
 
     def __init__(self, in_channels: int, num_classes: int, num_convs: int, num_controller_params: int,
-                 num_levels: int = 5, prior_prob: float = 0.01):
+                 num_levels: int = 5, prior_prob: float = 0.01, box_bias_init: float = 1.0):
         super().__init__()
         self.num_classes = num_classes
         self.cls_tower = _tower(in_channels, num_convs)
@@ -89,6 +90,10 @@ class FCOSHead(nn.Module):
                 nn.init.normal_(m.weight, std=0.01)
                 nn.init.zeros_(m.bias)
         nn.init.constant_(self.cls_logits.bias, -math.log((1.0 - prior_prob) / prior_prob))
+        # Deviation from AdelaiDet (bias 0): start every side at `box_bias_init` strides so ReLU(scale * pred)
+        # is active at init; with bias 0 a side whose sign is negative at all positives never gets a gradient
+        # (seen on small heads and flat synthetic images: one side stuck at 0 for the whole run).
+        nn.init.constant_(self.box_pred.bias, box_bias_init)
 
     def forward(self, features: list[Tensor]) -> HeadOutputs:
         """features: per level (N, in_channels, h_l, w_l), p3 first -> HeadOutputs."""

@@ -268,3 +268,12 @@ def test_postprocess_topk_nms_and_max_dets():
     assert det.controller[:, 0].tolist() == [0.0, 1.0, 2.0]
     det = postprocess(out, [loc], [8], 0.95, 0.6, 100, 100)[0]
     assert det.scores.numel() == 0
+
+
+def test_box_regression_alive_at_init_on_a_flat_image():
+    # a flat input gives the same features everywhere; every side must still start > 0 (ReLU alive)
+    torch.manual_seed(0)
+    head = FCOSHead(in_channels=16, num_classes=2, num_convs=2, num_controller_params=8)
+    out = head([torch.ones(1, 16, 4, 4) * 0.5 + 0.01 * torch.randn(1, 16, 4, 4)] + [torch.zeros(1, 16, 1, 1)] * 4)
+    assert (out.box_ltrb[0] > 0).all()
+    assert out.box_ltrb[0].mean().item() == pytest.approx(1.0, abs=0.2)
