@@ -207,15 +207,16 @@ class TwoStreamCondInst(nn.Module):
         shapes = [tuple(x.shape[-2:]) for x in head.cls_logits]
         locations = locations_per_level(shapes, self.strides, batch.images.device)
         targets = assign_targets(locations, self.strides, batch.boxes_xyxy, batch.classes, self.num_classes)
-        cls_flat = flatten_levels(head.cls_logits)  # (N, M, K)
-        ctr_flat = flatten_levels(head.ctr_logits).squeeze(2)  # (N, M, 1) -> (N, M)
-        losses = fcos_losses(cls_flat, flatten_levels(head.box_ltrb), ctr_flat, targets)
+        # losses in float32 also under autocast
+        cls_flat = flatten_levels(head.cls_logits).float()  # (N, M, K)
+        ctr_flat = flatten_levels(head.ctr_logits).squeeze(2).float()  # (N, M, 1) -> (N, M)
+        losses = fcos_losses(cls_flat, flatten_levels(head.box_ltrb).float(), ctr_flat, targets)
         controller_flat = flatten_levels(head.controller)  # (N, M, C)
 
         pos_img, pos_loc = torch.nonzero(targets.labels != self.num_classes, as_tuple=True)  # (P,), (P,)
         if pos_img.numel() == 0:
             # no box anywhere: zero mask losses that still reach the mask branches and the controller
-            zero = mask_feats.sum() * 0.0 + controller_flat.sum() * 0.0
+            zero = mask_feats.float().sum() * 0.0 + controller_flat.float().sum() * 0.0
             losses["loss_proj"] = zero
             losses["loss_pairwise"] = zero.clone()
             return losses
@@ -229,7 +230,7 @@ class TwoStreamCondInst(nn.Module):
         level_of_loc = torch.cat([torch.full((len(l),), k, device=pos_img.device)
                                   for k, l in enumerate(locations)])  # (M,)
         mask_logits = self.mask_head(mask_feats, controller_flat[img_k, loc_k], img_k, all_locations[loc_k],
-                                     level_of_loc[loc_k], self.mask_stride)  # (S, 1, H/4, W/4)
+                                     level_of_loc[loc_k], self.mask_stride).float()  # (S, 1, H/4, W/4)
         h4, w4 = mask_logits.shape[-2:]
         boxes = torch.cat(batch.boxes_xyxy)[gt_k]  # (S, 4)
         box_masks = box_masks_s4(boxes, h4, w4)  # (S, 1, H/4, W/4)

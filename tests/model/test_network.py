@@ -279,6 +279,14 @@ def test_batch_without_boxes_gives_zero_losses_touching_every_parameter(name):
     assert [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None] == []
 
 
+def test_bf16_autocast_gives_float32_losses():
+    model = _model()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        losses = model(_batch(), step=10)
+    assert all(v.dtype == torch.float32 and torch.isfinite(v) for v in losses.values())
+    sum(losses.values()).backward()
+
+
 def test_mixed_batch_one_image_without_boxes():
     model = _model()
     batch = _batch()
