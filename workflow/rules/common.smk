@@ -53,9 +53,25 @@ def gma_checkpoint_if_used():
     return [config["flow"]["gma"]["checkpoint"]] if config["flow"]["estimator"] == "gma" else []
 
 
+def experiment_model(wildcards):
+    """The model section with experiment `wildcards.exp`'s overrides, as canonical JSON (rule train's params)."""
+    exp = config["experiments"][wildcards.exp]
+    unknown = sorted(set(exp["model"]) - set(config["model"]))
+    if unknown:
+        raise WorkflowError(f"experiments.{wildcards.exp}.model: unknown keys {unknown}; "
+                            f"expected keys of the model section {sorted(config['model'])}")
+    return json.dumps({**config["model"], **exp["model"]}, sort_keys=True)
+
+
+def affinity_stores():
+    """Every shard's affinity store (rule affinity)."""
+    return [f"results/affinity/shard_{k}.zarr" for k in shard_ids()]
+
+
 def final_targets():
     """What `snakemake` with no target builds."""
     targets = ["results/split/summary.json"]
+    targets += [f"results/train/{exp}/final.pt" for exp in config["experiments"]]  # rule train
     targets += [f"results/affinity/shard_{k}.zarr" for k in shard_ids()]  # rule affinity
     if not config["dataset"]["root"]:
         targets.append("results/flow/quality.json")  # the flow estimator scored on synthetic ground truth

@@ -1,1 +1,55 @@
-# Rules of the train stage.
+# Rules of the train stage: the trainer's frame index, and one training job per experiment.
+
+
+rule frame_index:
+    """Per-frame index of one split (pipeline/index.py): frames, shard, size, ragged boxes and classes."""
+    input:
+        annotations=annotations(),
+        split="results/split/{split}.json",
+    output:
+        "results/index/{split}.h5",
+    params:
+        shard_size=section("flow", "shard_size"),
+    log:
+        "logs/frame_index/{split}.log",
+    wildcard_constraints:
+        split="train_train|train_val",
+    threads: 1
+    conda:
+        "../../envs/data.yaml"
+    shell:
+        "python -m pipeline.index --root $(dirname {input.annotations:q}) --split {input.split:q}"
+        " --shard-size {params.shard_size} --out {output:q} 2> {log:q}"
+
+
+rule train:
+    """Train one experiment with torchrun (model/launch.py): one process per GPU of the `gpu` resource, or
+    one CPU process when it is 0. Checkpoints in results/train/{exp}/checkpoints/ let a rerun resume.
+    On a GPU machine: --set-resources train:gpu=8 --set-threads train=64."""
+    input:
+        index="results/index/train_train.h5",
+        split="results/split/train_train.json",
+        annotations=annotations(),
+        flow=flow_stores(),
+        affinity=affinity_stores(),
+    output:
+        "results/train/{exp}/final.pt",
+    params:
+        model=experiment_model,
+        train=section("train"),
+    log:
+        "logs/train/{exp}.log",
+    wildcard_constraints:
+        exp="|".join(config["experiments"]) or "no-experiments",
+    threads: 2
+    resources:
+        gpu=0,
+        mem_mb=8000,
+        runtime=60 * 24,
+    conda:
+        "../../envs/train.yaml"
+    shell:
+        "python -m model.launch --gpus {resources.gpu} --threads {threads} --"
+        " --model-params {params.model:q} --train-params {params.train:q} --index {input.index:q}"
+        " --frames $(dirname {input.annotations:q})/JPEGImages --flow results/flow --affinity results/affinity"
+        " --out results/train/{wildcards.exp} 2> {log:q}"
