@@ -1,0 +1,78 @@
+"""Kill the trainer mid-run and rerun it: it resumes and ends with the weights of an uninterrupted run; a
+truncated newest checkpoint makes the rerun fall back to the previous one, with the same end result."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+HERE = Path(__file__).parent
+REPO = HERE.parents[1]
+
+
+def command(data: dict, out: Path) -> list[str]:
+    """`python -m model.train` (one process, no torchrun) on the tiny data, tiny model and schedule."""
+    train = json.loads((HERE / "tiny_train.json").read_text())
+    train.update(iters=6, checkpoint_every=2)
+    return [sys.executable, "-m", "model.train", "--model-params", (HERE / "tiny_model.json").read_text(),
+            "--train-params", json.dumps(train), "--index", str(data["index"]), "--frames", str(data["frames"]),
+            "--flow", str(data["flow"]), "--affinity", str(data["affinity"]), "--out", str(out),
+            "--workers", "1", "--log-every", "1", "--device", "cpu", "--threads", "1"]
+
+
+def run(cmd: list[str]) -> str:
+    """Run to completion; return stderr (the log)."""
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stderr
+
+
+def assert_same_weights(a: Path, b: Path) -> None:
+    """Two final.pt hold bit-identical tensors (parameters and BatchNorm statistics)."""
+    sa, sb = torch.load(a, weights_only=True)["model"], torch.load(b, weights_only=True)["model"]
+    assert sa.keys() == sb.keys()
+    for name in sa:
+        assert torch.equal(sa[name], sb[name]), name
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_to_the_uninterrupted_result(tiny_data: dict, tmp_path: Path) -> None:
+    """SIGKILL after the step-2 checkpoint, rerun: resumes at step ≥ 2 and matches the straight run bit for
+    bit; then truncating the newest checkpoint and rerunning resumes from the one before, same result."""
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    run(command(tiny_data, straight))
+
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.Popen(command(tiny_data, killed), cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    sidecar = killed / "checkpoints" / "ckpt_00000002.pt.sha256"
+    deadline = time.monotonic() + 240
+    while not sidecar.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "final.pt").exists(), "the run finished before it could be killed"
+
+    log = run(command(tiny_data, killed))
+    resumed = [line for line in log.splitlines() if "resumed from" in line]
+    assert resumed and "at step 6" not in resumed[0], log[-2000:]
+    assert_same_weights(straight / "final.pt", killed / "final.pt")
+    steps = [json.loads(line)["step"] for line in (killed / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4, 5, 6]  # lines past the checkpoint were trimmed, none duplicated
+
+    (killed / "final.pt").unlink()
+    newest = killed / "checkpoints" / "ckpt_00000006.pt"
+    newest.write_bytes(newest.read_bytes()[:1000])  # truncated
+    log = run(command(tiny_data, killed))
+    assert "ckpt_00000006.pt" in log and "truncated or corrupt" in log
+    assert "ckpt_00000004.pt at step 4" in log
+    assert_same_weights(straight / "final.pt", killed / "final.pt")
