@@ -137,3 +137,45 @@ def test_gloo_ranks_keep_identical_parameters(tiny_data: dict, tmp_path: Path) -
         network.load_state_dict(state["model"])
         assert parameter_digest(network) == digests[0] != initial
     assert final["step"] == 4
+
+
+class NanAt(ProbeNet):
+    """ProbeNet whose loss is NaN at the steps in `bad` (all steps when bad is None)."""
+
+    bad: set[int] | None = {2}
+
+    def forward(self, batch: Batch, step: int) -> dict[str, torch.Tensor]:
+        losses = super().forward(batch, step)
+        if self.bad is None or step in self.bad:
+            losses["loss_pair"] = losses["loss_pair"] * float("nan")
+        return losses
+
+
+def build_nan_at_2(model_params: dict, num_classes: int) -> tuple[nn.Module, bool, bool]:
+    return NanAt(num_classes), True, True
+
+
+def build_nan_always(model_params: dict, num_classes: int) -> tuple[nn.Module, bool, bool]:
+    model = NanAt(num_classes)
+    model.bad = None
+    return model, True, True
+
+
+def test_non_finite_step_is_skipped_and_repeated_ones_stop(tiny_data: dict, tmp_path: Path) -> None:
+    """A NaN loss at step 2 leaves the weights as after step 1 and is logged as skipped; NaN at every step
+    stops after max_bad_steps with an error naming the count and the fix."""
+    paths = RunPaths(index=tiny_data["index"], frames=tiny_data["frames"], flow=tiny_data["flow"],
+                     affinity=tiny_data["affinity"], out=tmp_path / "once", workers=0, log_every=1,
+                     keep_checkpoints=10, device="cpu")
+    train(paths, {}, tiny_params(iters=3, checkpoint_every=1), build_nan_at_2)
+    ckpt = tmp_path / "once" / "checkpoints"
+    after = [torch.load(ckpt / f"ckpt_{s:08d}.pt", weights_only=True)["model"] for s in (1, 2, 3)]
+    for name in after[0]:
+        assert torch.equal(after[0][name], after[1][name]), name  # step 2 skipped
+    assert any(not torch.equal(after[1][n], after[2][n]) for n in after[1])  # step 3 trained
+    records = [json.loads(line) for line in (tmp_path / "once" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if r.get("skipped")] == [2]
+
+    paths = dataclasses.replace(paths, out=tmp_path / "always")
+    with pytest.raises(RuntimeError, match="3 non-finite training steps in a row.*train.grad_clip"):
+        train(paths, {}, tiny_params(iters=6, max_bad_steps=3), build_nan_always)
