@@ -8,7 +8,10 @@ Launch (the `train` rule does this; `python -m model.launch` picks the process c
 One process without torchrun also works (CPU or one GPU). NCCL on GPUs, gloo on CPUs.
 
 `results/train/<exp>/` holds `checkpoints/ckpt_<step>.pt` (+ `.sha256`) and `checkpoints/last` (the newest
-complete one), `metrics.jsonl`, TensorBoard events under `tb/`, and `final.pt` at the end. A rerun resumes from
+complete one), `metrics.jsonl`, TensorBoard events under `tb/`, and `final.pt` at the end: a dict with
+`model` (state dict of TwoStreamCondInst), `model_params` (the model section with the experiment's overrides),
+`train_params`, `step`, `num_classes`, `category_ids` (class c is category id category_ids[c]) and
+`category_names`; load it with torch.load(..., weights_only=True). A rerun resumes from
 the newest checkpoint that loads and matches its checksum, so a Snakemake rerun after a crash continues.
 """
 
@@ -23,6 +26,7 @@ import json
 import logging
 import os
 import random
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -367,7 +371,8 @@ def train(paths: RunPaths, model_params: dict, params: TrainParams, build_model:
     # step + 1 to the network (its pairwise warm-up min(step / 10000, 1), as AdelaiDet's counter).
     step = start_step
     bad_in_row = 0
-    progress = tqdm(total=params.iters, initial=start_step, disable=not master, unit="it", dynamic_ncols=True)
+    progress = tqdm(total=params.iters, initial=start_step, disable=not master, unit="it", dynamic_ncols=True,
+                    mininterval=0.1 if sys.stderr.isatty() else 30.0)  # a log file gets a line per 30 s
     model.train()
     loader_iter = iter(loader)
     t_last = time.perf_counter()
@@ -447,7 +452,7 @@ def train(paths: RunPaths, model_params: dict, params: TrainParams, build_model:
                          "train_params": dataclasses.asdict(params), "rng": [r for r, _ in per_rank],
                          "param_digests": digests}
                 path = save_checkpoint(ckpt_dir, state, step, paths.keep_checkpoints)
-                progress.write(f"step {step}: saved {path}")
+                log.info("step %d: saved %s", step, path)
             t_last = time.perf_counter()  # the save is not the next step's data time
     progress.close()
 
