@@ -9,7 +9,8 @@ as loader workers; on the CPU one loader worker feeds a process that computes wi
 Inside a SLURM allocation of more than one node (the SLURM profile's multi-node train job) it fans out itself:
 `srun --ntasks-per-node=1 torchrun --nnodes=N --nproc-per-node=G --rdzv-backend=c10d --rdzv-endpoint=MASTER:PORT`
 with one launcher per node; G is `--gpus`, or at 0 the GPUs this node sees (the profile asks them per node
-through gres), 0 = one CPU process per node. PORT: $MOWIS_RDZV_PORT (default 29500).
+through gres), 0 = one CPU process per node. PORT: $MOWIS_RDZV_PORT, default 29500 + job id mod 1000 (two
+jobs whose first node is the same machine do not meet at the same port).
 """
 
 from __future__ import annotations
@@ -92,7 +93,7 @@ def main(argv: list[str] | None = None) -> None:
     else:
         nodes, master, job_id = allocation
         gpus = args.gpus or visible_gpus(dict(os.environ))
-        port = int(os.environ.get("MOWIS_RDZV_PORT", "29500"))
+        port = int(os.environ.get("MOWIS_RDZV_PORT") or 29500 + int(job_id) % 1000)
         command = slurm_launch_command(gpus, args.threads, argv[split + 1:], nodes, master, job_id, port)
     print(" ".join(command), file=sys.stderr, flush=True)
     env = dict(os.environ, OMP_NUM_THREADS=command[-1])

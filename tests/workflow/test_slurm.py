@@ -16,7 +16,6 @@ import json
 import os
 import shlex
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -233,13 +232,6 @@ def read_records(tmp_path: Path, name: str) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
-def free_port() -> int:
-    """A TCP port nobody listens on now (for the rendezvous)."""
-    with socket.socket() as s:
-        s.bind(("localhost", 0))
-        return s.getsockname()[1]
-
-
 def rule_of(submission: dict) -> str:
     """The rule name in the plugin's --comment (rule_<name>[_wildcards_...])."""
     comment = str(submission["opts"]["--comment"])
@@ -251,8 +243,7 @@ def slurm_env(tmp_path: Path, **extra: str) -> dict[str, str]:
     """Fakes on PATH and the profile's site variables set."""
     env = install_fakes(tmp_path)
     env.update(MOWIS_SLURM_ACCOUNT=ACCOUNT, MOWIS_SLURM_CPU_PARTITION=CPU_PART, MOWIS_SLURM_GPU_PARTITION=GPU_PART,
-               MOWIS_TRAIN_NODES=str(NODES), MOWIS_GPUS_PER_NODE=str(GPUS_PER_NODE), MOWIS_RDZV_PORT=str(free_port()),
-               **extra)
+               MOWIS_TRAIN_NODES=str(NODES), MOWIS_GPUS_PER_NODE=str(GPUS_PER_NODE), **extra)
     return env
 
 
@@ -364,7 +355,7 @@ SHARDED = {"flow", "affinity"}
 
 def planned_jobs(workdir: Path, env: dict[str, str], config: Path) -> dict[str, int]:
     """Jobs per rule in a dry run's job stats (the local rule `all` left out)."""
-    run = snakemake(workdir, env, "-n", "--configfile", str(config), timeout=300)
+    run = snakemake(workdir, env, "all", "results/tables", "-n", "--configfile", str(config), timeout=300)
     assert run.returncode == 0, run.stdout + run.stderr
     stats = run.stdout.split("Job stats:")[1].split("total")[0].splitlines()[3:]
     jobs = {line.split()[0]: int(line.split()[1]) for line in stats if line.strip()}
@@ -380,9 +371,11 @@ def test_workflow_through_the_slurm_profile(tmp_path: Path) -> None:
     config.write_text(TINY)
     env = slurm_env(tmp_path)
     planned = planned_jobs(tmp_path, env, config)
-    assert {"synthetic", "split", "flow", "affinity"} <= set(planned) and planned["flow"] == 2
+    assert set(planned) == set(CPU_RULES) | {"train", "evaluate"}, planned
+    assert (planned["flow"], planned["affinity"], planned["frame_index"]) == (2, 2, 2), planned
+    assert planned["train"] == planned["evaluate"] == 2, planned  # the default experiments: boxinst, ours
 
-    run = snakemake(tmp_path, env, "--configfile", str(config), "--jobs", "3")
+    run = snakemake(tmp_path, env, "all", "results/tables", "--configfile", str(config), "--jobs", "3")
     assert run.returncode == 0, run.stdout + run.stderr[-5000:]
     subs = read_records(tmp_path, "sbatch")
     submitted: dict[str, list[dict]] = {}
@@ -423,10 +416,13 @@ def test_workflow_through_the_slurm_profile(tmp_path: Path) -> None:
         assert step["opts"] == {"--nodes": str(NODES), "--ntasks": str(NODES), "--ntasks-per-node": "1",
                                 "--cpus-per-task": str(min(32, len(os.sched_getaffinity(0)))),  # capped by
                                 "--kill-on-bad-exit": "1"}                                    # the job step
-        port = env["MOWIS_RDZV_PORT"]
-        assert step["command"][:9] == [sys.executable, "-m", "torch.distributed.run", f"--nnodes={NODES}",
-                                       "--rdzv-backend=c10d", f"--rdzv-endpoint=localhost:{port}",
-                                       f"--rdzv-id={step['job']}", "--nproc-per-node=1", "-m"]
+        port = 29500 + int(step["job"]) % 1000  # per job: the two train jobs run at once on this "node"
+        assert Path(step["command"][0]).name.startswith("python"), step["command"]  # the job's python
+        assert step["command"][1:9] == ["-m", "torch.distributed.run", f"--nnodes={NODES}",
+                                        "--rdzv-backend=c10d", f"--rdzv-endpoint=localhost:{port}",
+                                        f"--rdzv-id={step['job']}", "--nproc-per-node=1", "-m"]
         assert step["command"][9] == "model.train"
-    for log in (tmp_path / "logs/train").glob("*.log"):
-        assert f"rank 0 of {NODES}" in log.read_text()
+    logs = sorted((tmp_path / "logs/train").glob("*.log"))
+    assert len(logs) == 2 and all(f"rank 0 of {NODES} on cpu" in log.read_text() for log in logs)
+    tables = {p.name for p in (tmp_path / "results/tables").iterdir()}
+    assert {f"table{i}.{ext}" for i in range(1, 5) for ext in ("md", "csv")} <= tables, tables
