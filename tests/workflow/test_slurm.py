@@ -426,3 +426,34 @@ def test_workflow_through_the_slurm_profile(tmp_path: Path) -> None:
     assert len(logs) == 2 and all(f"rank 0 of {NODES} on cpu" in log.read_text() for log in logs)
     tables = {p.name for p in (tmp_path / "results/tables").iterdir()}
     assert {f"table{i}.{ext}" for i in range(1, 5) for ext in ("md", "csv")} <= tables, tables
+
+
+def local_gpu_claims(tmp_path: Path, estimator: str) -> dict[str, set[int]]:
+    """The `gpu` each job claims in a dry run through the local profile with MOWIS_GPUS=2, per rule."""
+    tmp_path.mkdir()
+    config = tmp_path / f"{estimator}.yaml"
+    config.write_text(f"flow:\n  estimator: {estimator}\n")
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", MOWIS_GPUS="2")
+    run = subprocess.run([sys.executable, "-m", "snakemake", "all", "results/tables", "-n",
+                          "-s", str(REPO / "Snakefile"), "--directory", str(tmp_path),
+                          "--profile", str(REPO / "workflow/profiles/local"), "--configfile", str(config)],
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout + run.stderr
+    claims: dict[str, set[int]] = {}
+    for block in run.stdout.split("\nrule ")[1:]:
+        rule = block.split(":")[0]
+        resources = next(line for line in block.splitlines() if line.strip().startswith("resources:"))
+        gpu = [int(r.split("=")[1]) for r in resources.split(", ") if r.startswith("gpu=")]
+        claims.setdefault(rule, set()).add(gpu[0] if gpu else 0)
+    return claims
+
+
+def test_local_profile_gpu_jobs_claim_the_whole_cap(tmp_path: Path) -> None:
+    """Workstation with 2 GPUs: GMA flow, flow_quality and evaluate (one device each, unpinned) claim both units
+    of the cap, so no two run at once; train takes both for torchrun; CPU jobs (and DIS flow) claim none."""
+    gma = local_gpu_claims(tmp_path / "gma", "gma")
+    assert {rule: gma[rule] for rule in ("flow", "flow_quality", "evaluate", "train")} == {
+        "flow": {2}, "flow_quality": {2}, "evaluate": {2}, "train": {2}}
+    assert all(gma[rule] == {0} for rule in ("synthetic", "split", "affinity", "frame_index", "tables"))
+    dis = local_gpu_claims(tmp_path / "dis", "dis")
+    assert dis["flow"] == dis["flow_quality"] == {0} and dis["train"] == {2}
