@@ -7,8 +7,8 @@ Launch (the `train` rule does this; `python -m model.launch` picks the process c
         --affinity results/affinity --out results/train/<exp>
 One process without torchrun also works (CPU or one GPU). NCCL on GPUs, gloo on CPUs.
 
-`results/train/<exp>/` holds `checkpoints/ckpt_<step>.pt` (+ `.sha256`) and `checkpoints/last` (the newest
-complete one), `metrics.jsonl`, TensorBoard events under `tb/`, and `final.pt` at the end: a dict with
+`results/train/<exp>/` holds `checkpoints/<run key>/ckpt_<step>.pt` (+ `.sha256`) and `.../last` (the newest
+complete one; the run key hashes the params that shape the trajectory, see `run_key`), `metrics.jsonl`, TensorBoard events under `tb/`, and `final.pt` at the end: a dict with
 `model` (state dict of TwoStreamCondInst), `model_params` (the model section with the experiment's overrides),
 `train_params`, `step`, `num_classes`, `category_ids` (class c is category id category_ids[c]) and
 `category_names`; load it with torch.load(..., weights_only=True). A rerun resumes from
@@ -245,6 +245,18 @@ def parameter_digest(model: nn.Module) -> str:
     return digest.hexdigest()
 
 
+TRAJECTORY_NEUTRAL = ("iters", "checkpoint_every", "max_bad_steps")  # fields that do not change iterations
+
+
+def run_key(model_params: dict, params: TrainParams) -> str:
+    """12 hex digits naming a training trajectory: the model section and the train fields that change what
+    any iteration computes. Extending `iters` keeps the key (the run resumes); any other change starts fresh
+    in its own checkpoint folder, so a Snakemake rerun after a params change equals a fresh run."""
+    train = {k: v for k, v in dataclasses.asdict(params).items() if k not in TRAJECTORY_NEUTRAL}
+    text = json.dumps({"model": model_params, "train": train}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
 def trim_metrics(path: Path, step: int) -> None:
     """Drop lines of a metrics JSONL logged after `step` (by a run that died before its next checkpoint)."""
     if not path.exists():
@@ -300,7 +312,7 @@ def train(paths: RunPaths, model_params: dict, params: TrainParams, build_model:
         raise ValueError(f"train.batch_size {params.batch_size} is not divisible by {world_size} processes")
     torch.manual_seed(params.seed)
     amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(params.amp) if use_cuda else None
-    ckpt_dir = paths.out / "checkpoints"
+    ckpt_dir = paths.out / "checkpoints" / run_key(model_params, params)
     if master:
         paths.out.mkdir(parents=True, exist_ok=True)
         log.info("rank 0 of %d on %s; global batch %d (%d per process), lr %.4g, amp %s",

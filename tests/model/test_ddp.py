@@ -130,7 +130,7 @@ def test_gloo_ranks_keep_identical_parameters(tiny_data: dict, tmp_path: Path) -
     final = run(2, tmp_path / "out", tiny_data, params, tiny_model(), build_network)
     network, _, _ = build_network(tiny_model(), 2)
     initial = parameter_digest(network)
-    for path in sorted((tmp_path / "out" / "checkpoints").glob("ckpt_*.pt")):
+    for path in sorted((tmp_path / "out" / "checkpoints").glob("*/ckpt_*.pt")):
         state = torch.load(path, weights_only=True)
         digests = state["param_digests"]
         assert len(digests) == 2 and digests[0] == digests[1]
@@ -168,7 +168,7 @@ def test_non_finite_step_is_skipped_and_repeated_ones_stop(tiny_data: dict, tmp_
                      affinity=tiny_data["affinity"], out=tmp_path / "once", workers=0, log_every=1,
                      keep_checkpoints=10, device="cpu")
     train(paths, {}, tiny_params(iters=3, checkpoint_every=1), build_nan_at_2)
-    ckpt = tmp_path / "once" / "checkpoints"
+    ckpt = next((tmp_path / "once" / "checkpoints").iterdir())
     after = [torch.load(ckpt / f"ckpt_{s:08d}.pt", weights_only=True)["model"] for s in (1, 2, 3)]
     for name in after[0]:
         assert torch.equal(after[0][name], after[1][name]), name  # step 2 skipped

@@ -3,6 +3,7 @@ truncated newest checkpoint makes the rerun fall back to the previous one, with 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -14,14 +15,23 @@ from pathlib import Path
 import pytest
 import torch
 
+from model.train import TrainParams, run_key
+from pipeline.io import params_from_json
+
 HERE = Path(__file__).parent
 REPO = HERE.parents[1]
 
 
-def command(data: dict, out: Path) -> list[str]:
-    """`python -m model.train` (one process, no torchrun) on the tiny data, tiny model and schedule."""
+def params() -> TrainParams:
+    """The tiny schedule, 6 iterations, a checkpoint every 2."""
     train = json.loads((HERE / "tiny_train.json").read_text())
     train.update(iters=6, checkpoint_every=2)
+    return params_from_json(TrainParams, json.dumps(train), "train")
+
+
+def command(data: dict, out: Path) -> list[str]:
+    """`python -m model.train` (one process, no torchrun) on the tiny data, tiny model and schedule."""
+    train = dataclasses.asdict(params())
     return [sys.executable, "-m", "model.train", "--model-params", (HERE / "tiny_model.json").read_text(),
             "--train-params", json.dumps(train), "--index", str(data["index"]), "--frames", str(data["frames"]),
             "--flow", str(data["flow"]), "--affinity", str(data["affinity"]), "--out", str(out),
@@ -54,7 +64,8 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tiny_data: dict, tmp_pat
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.Popen(command(tiny_data, killed), cwd=REPO, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
-    sidecar = killed / "checkpoints" / "ckpt_00000002.pt.sha256"
+    ckpt = killed / "checkpoints" / run_key(json.loads((HERE / "tiny_model.json").read_text()), params())
+    sidecar = ckpt / "ckpt_00000002.pt.sha256"
     deadline = time.monotonic() + 240
     while not sidecar.exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.01)
@@ -70,7 +81,7 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tiny_data: dict, tmp_pat
     assert steps == [1, 2, 3, 4, 5, 6]  # lines past the checkpoint were trimmed, none duplicated
 
     (killed / "final.pt").unlink()
-    newest = killed / "checkpoints" / "ckpt_00000006.pt"
+    newest = ckpt / "ckpt_00000006.pt"
     newest.write_bytes(newest.read_bytes()[:1000])  # truncated
     log = run(command(tiny_data, killed))
     assert "ckpt_00000006.pt" in log and "truncated or corrupt" in log

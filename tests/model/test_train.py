@@ -12,7 +12,7 @@ from torch import nn
 
 from model.launch import launch_command
 from model.train import (TrainParams, differing_fields, find_resume, load_checkpoint, lr_at, param_groups,
-                         save_checkpoint, trim_metrics)
+                         run_key, save_checkpoint, trim_metrics)
 from pipeline.io import params_from_json
 
 PAPER = dict(lr=0.01, warmup_iters=1000, warmup_factor=0.001, steps=(60000, 80000), gamma=0.1)
@@ -142,3 +142,15 @@ def test_launch_command(gpus: int, threads: int, nproc: int, device: str, worker
     assert cmd[:5] == [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
     assert cmd[5:9] == ["-m", "model.train", "--out", "x"]
     assert cmd[9:] == ["--device", device, "--workers", str(workers), "--threads", str(compute)]
+
+
+def test_run_key_keeps_extended_runs_and_separates_changed_ones() -> None:
+    """More iterations (or another checkpoint period) resume the same trajectory; any other change, in the
+    train or the model section, gets its own checkpoint folder."""
+    raw = json.loads(Path(__file__).with_name("tiny_train.json").read_text())
+    params = lambda **c: params_from_json(TrainParams, json.dumps({**raw, **c}), "train")  # noqa: E731
+    key = run_key({"backbone": "resnet18"}, params())
+    assert run_key({"backbone": "resnet18"}, params(iters=600, checkpoint_every=7, max_bad_steps=9)) == key
+    assert run_key({"backbone": "resnet18"}, params(base_lr=0.02)) != key
+    assert run_key({"backbone": "resnet18"}, params(seed=1)) != key
+    assert run_key({"backbone": "resnet50"}, params()) != key
