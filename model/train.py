@@ -57,7 +57,7 @@ class TrainParams:
 
     iters: int  # training iterations
     batch_size: int  # global batch: images per iteration over all processes
-    base_lr: float  # learning rate at base_batch images (linear scaling: lr = base_lr · batch_size / base_batch)
+    lr: float  # learning rate at base_batch images (linear scaling: scaled_lr = lr · batch_size / base_batch)
     base_batch: int
     momentum: float
     weight_decay: float  # on conv/linear weights only; none on norm parameters and biases
@@ -89,9 +89,9 @@ class TrainParams:
             raise ValueError("train.min_sizes: needs at least one size")
 
     @property
-    def lr(self) -> float:
+    def scaled_lr(self) -> float:
         """Peak learning rate after linear scaling by the global batch."""
-        return self.base_lr * self.batch_size / self.base_batch
+        return self.lr * self.batch_size / self.base_batch
 
 
 def lr_at(step: int, lr: float, warmup_iters: int, warmup_factor: float, steps: tuple[int, ...],
@@ -316,14 +316,14 @@ def train(paths: RunPaths, model_params: dict, params: TrainParams, build_model:
     if master:
         paths.out.mkdir(parents=True, exist_ok=True)
         log.info("rank 0 of %d on %s; global batch %d (%d per process), lr %.4g, amp %s",
-                 world_size, device, params.batch_size, params.batch_size // world_size, params.lr,
+                 world_size, device, params.batch_size, params.batch_size // world_size, params.scaled_lr,
                  amp_dtype or "off")
 
     # ---- model and optimizer (same seed on every rank; DDP also broadcasts rank 0's weights).
     dataset_categories = FrameDataset.categories(paths.index)
     model, reads_flow, reads_flow_pairs = build_model(model_params, len(dataset_categories[0]))
     model.to(device)
-    optimizer = torch.optim.SGD(param_groups(model, params.weight_decay), lr=params.lr, momentum=params.momentum)
+    optimizer = torch.optim.SGD(param_groups(model, params.weight_decay), lr=params.scaled_lr, momentum=params.momentum)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
 
     # ---- resume: rank 0 picks the checkpoint, every rank loads the same file.
@@ -391,7 +391,7 @@ def train(paths: RunPaths, model_params: dict, params: TrainParams, build_model:
     while step < params.iters:
         batch = next(loader_iter).to(device)
         t_data = time.perf_counter() - t_last
-        lr = lr_at(step, params.lr, params.warmup_iters, params.warmup_factor, params.steps, params.gamma)
+        lr = lr_at(step, params.scaled_lr, params.warmup_iters, params.warmup_factor, params.steps, params.gamma)
         for group in optimizer.param_groups:
             group["lr"] = lr
         with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
@@ -426,7 +426,7 @@ def train(paths: RunPaths, model_params: dict, params: TrainParams, build_model:
                     f.write(json.dumps({**record, "skipped": True}) + "\n")
             if bad_in_row >= params.max_bad_steps:
                 raise RuntimeError(f"{bad_in_row} non-finite training steps in a row (last at step {step + 1}: "
-                                   f"{record}); lower train.base_lr or set train.grad_clip, and resume from "
+                                   f"{record}); lower train.lr or set train.grad_clip, and resume from "
                                    f"{ckpt_dir / 'last'}")
         else:
             bad_in_row = 0

@@ -110,7 +110,7 @@ def run(world: int, out: Path, data: dict, params: TrainParams, model_params: di
 
 def test_two_ranks_with_batch_b_match_one_process_with_batch_2b(tiny_data: dict, tmp_path: Path) -> None:
     """Same global batch (4) split 2×2 or 1×4: final weights agree to float32 rounding."""
-    params = tiny_params(iters=4, batch_size=4, base_batch=4, base_lr=0.5, warmup_iters=1, steps=[3])
+    params = tiny_params(iters=4, batch_size=4, base_batch=4, lr=0.5, warmup_iters=1, steps=[3])
     one = run(1, tmp_path / "one", tiny_data, params, {}, build_probe)
     two = run(2, tmp_path / "two", tiny_data, params, {}, build_probe)
     torch.manual_seed(params.seed)

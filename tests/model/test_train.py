@@ -41,11 +41,11 @@ def test_lr_at_without_warmup_and_milestone_inside_warmup() -> None:
 
 
 def test_linear_scaling_of_lr() -> None:
-    """lr = base_lr · batch / base_batch: batch 8 at base 0.01/16 gives 0.005 (AdelaiDet#325)."""
+    """scaled_lr = lr · batch / base_batch: batch 8 at base 0.01/16 gives 0.005 (AdelaiDet#325)."""
     raw = json.loads(Path(__file__).with_name("tiny_train.json").read_text())
     params = params_from_json(TrainParams, json.dumps({**raw, "batch_size": 8, "base_batch": 16,
-                                                       "base_lr": 0.01}), "train")
-    assert params.lr == pytest.approx(0.005)
+                                                       "lr": 0.01}), "train")
+    assert params.scaled_lr == pytest.approx(0.005)
 
 
 def test_train_params_reject_bad_values() -> None:
@@ -151,6 +151,6 @@ def test_run_key_keeps_extended_runs_and_separates_changed_ones() -> None:
     params = lambda **c: params_from_json(TrainParams, json.dumps({**raw, **c}), "train")  # noqa: E731
     key = run_key({"backbone": "resnet18"}, params())
     assert run_key({"backbone": "resnet18"}, params(iters=600, checkpoint_every=7, max_bad_steps=9)) == key
-    assert run_key({"backbone": "resnet18"}, params(base_lr=0.02)) != key
+    assert run_key({"backbone": "resnet18"}, params(lr=0.02)) != key
     assert run_key({"backbone": "resnet18"}, params(seed=1)) != key
     assert run_key({"backbone": "resnet50"}, params()) != key
