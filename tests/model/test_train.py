@@ -56,7 +56,7 @@ def test_train_params_reject_bad_values() -> None:
     with pytest.raises(ValueError, match="train.steps"):
         params_from_json(TrainParams, json.dumps({**raw, "steps": [5, 3]}), "train")
     with pytest.raises(ValueError, match="unknown keys"):
-        params_from_json(TrainParams, json.dumps({**raw, "lr": 1}), "train")
+        params_from_json(TrainParams, json.dumps({**raw, "learning_rate": 1}), "train")
 
 
 def test_weight_decay_only_on_conv_and_linear_weights() -> None:
