@@ -1,5 +1,10 @@
 # Rules of the flow stage.
 
+# The checkpoint download runs where snakemake runs (a cluster's login node is online, its nodes often not).
+localrules:
+    gma_checkpoint,
+
+
 
 rule flow:
     """RGB-encoded optical flow of one shard of videos (method §2): one Zarr v3 store per shard, written to a
