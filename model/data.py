@@ -31,6 +31,7 @@ from torch.utils.data import Dataset, Sampler
 from model.batch import Batch
 from pipeline.affinity import grid_shape, hflip_packed, neighbour_valid, resize_packed, unpack_bits
 from pipeline.flow_codec import hflip_flow_rgb
+from pipeline.ytvis import read_frame
 
 SIZE_DIVISIBILITY = 32  # padded batch sides are multiples of the coarsest backbone stride used by the FPN
 MASK_STRIDE = 4  # the pair masks' grid
@@ -239,14 +240,7 @@ class FrameDataset(Dataset):
         h5 = self._open()["index"]
         video_id, t = int(h5["video_id"][frame]), int(h5["frame_index"][frame])
         shard, height, width = int(h5["shard"][frame]), int(self.heights[frame]), int(self.widths[frame])
-        path = self.frames_dir / h5["file_name"][frame].decode()
-        bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
-        if bgr is None:
-            raise FileNotFoundError(f"{path}: cannot read frame {t} of video {video_id}")
-        if bgr.shape[:2] != (height, width):
-            raise ValueError(f"{path}: frame is {bgr.shape[1]}x{bgr.shape[0]}, train.json says video {video_id} "
-                             f"is {width}x{height}")
-        image = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+        image = read_frame(self.frames_dir / h5["file_name"][frame].decode(), video_id, t, height, width)
         grid = grid_shape(height, width)
         flow = self._frame("flow", shard, video_id, t, None, (height, width, 3)) if self.load_flow else None
         pair_color = self._frame("affinity", shard, video_id, t, "color", grid)

@@ -29,6 +29,7 @@ from model.coco_eval import evaluate_results, load_coco
 from model.data import SIZE_DIVISIBILITY, resized_shape
 from model.network import Detections, ModelParams, TwoStreamCondInst
 from pipeline.io import params_from_json, setup_logging, write_json_atomic
+from pipeline.ytvis import read_frame
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,7 @@ class EvalFrames(Dataset):
             self.video_id = f["video_id"][:]
             self.frame_index = f["frame_index"][:]
             self.shard = f["shard"][:]
+            self.height, self.width = f["height"][:], f["width"][:]
             self.file_name = [n.decode() for n in f["file_name"][:]]
         self._stores: dict[int, zarr.Group] = {}
 
@@ -81,12 +83,9 @@ class EvalFrames(Dataset):
 
     def __getitem__(self, row: int) -> dict[str, Any]:
         """Resized image and flow (h, w, 3) uint8 with the original size and the frame's identity."""
-        path = self.frames_dir / self.file_name[row]
-        bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
-        if bgr is None:
-            raise FileNotFoundError(f"{path}: cannot read frame {self.frame_index[row]} of video {self.video_id[row]}")
-        image = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-        height, width = image.shape[:2]
+        height, width = int(self.height[row]), int(self.width[row])
+        image = read_frame(self.frames_dir / self.file_name[row], int(self.video_id[row]), int(self.frame_index[row]),
+                           height, width)
         h, w = resized_shape(height, width, self.min_size, self.max_size)
         image = cv2.resize(image, (w, h), interpolation=cv2.INTER_LINEAR)
         flow = None

@@ -40,7 +40,7 @@ from zarr.codecs import ZstdCodec
 from pipeline.flow import FlowParams, open_flow_store, remove_stale_temps
 from pipeline.io import atomic_dir, params_from_json, setup_logging, write_json_atomic
 from pipeline.shards import videos_of_shard
-from pipeline.ytvis import Video, YtvisDataset, load_ytvis
+from pipeline.ytvis import Video, YtvisDataset, load_ytvis, read_frame
 
 GRID_STRIDE = 4
 
@@ -305,17 +305,6 @@ def frame_masks(frame: np.ndarray, flow_rgb: np.ndarray, params: AffinityParams)
 
 # ---------------------------------------------------------------------------------------------------------
 # The stage: one shard of videos, frames + flow store in, one Zarr v3 store of packed masks out.
-
-def read_frame(path: Path, video_id: int, frame_index: int, height: int, width: int) -> np.ndarray:
-    """RGB uint8 (H, W, 3) of one JPEG frame; a missing, unreadable or wrongly sized file names the video/frame."""
-    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if bgr is None:
-        raise FileNotFoundError(f"{path}: video {video_id} frame {frame_index} is missing or not a readable image")
-    if bgr.shape[:2] != (height, width):
-        raise ValueError(f"{path}: video {video_id} frame {frame_index} is {bgr.shape[1]}x{bgr.shape[0]}, "
-                         f"train.json says {width}x{height}")
-    return np.ascontiguousarray(bgr[..., ::-1])                    # BGR -> RGB
-
 
 def open_shard_flow(flow_store: Path, dataset: YtvisDataset, shard: int) -> tuple[zarr.Group, dict, list[Video]]:
     """The shard's flow store (Zarr group, read-only), its attributes and its videos (pipeline.ytvis.Video).

@@ -38,7 +38,7 @@ from tqdm import tqdm
 from pipeline.flow_codec import flow_to_rgb
 from pipeline.io import atomic_dir, params_from_json, setup_logging, write_json_atomic
 from pipeline.shards import videos_of_shard
-from pipeline.ytvis import FRAMES_DIR, Video, load_ytvis
+from pipeline.ytvis import FRAMES_DIR, Video, load_ytvis, read_frame
 
 EstimatorName = Literal["gma", "dis"]
 GmaDtype = Literal["float32", "bfloat16", "float16"]
@@ -252,14 +252,7 @@ def read_frames(root: str | os.PathLike, video: Video) -> np.ndarray:
     """The video's frames as (T, H, W, 3) uint8 RGB; errors name the video id and the frame file."""
     frames = np.empty((video.length, video.height, video.width, 3), np.uint8)
     for t, name in enumerate(video.file_names):
-        path = Path(root) / FRAMES_DIR / name
-        image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-        if image is None:
-            raise FileNotFoundError(f"video {video.id}: frame {t} {path} is missing or not a readable image")
-        if image.shape[:2] != (video.height, video.width):
-            raise ValueError(f"video {video.id}: frame {t} {path} is {image.shape[1]}x{image.shape[0]}, "
-                             f"train.json says {video.width}x{video.height}")
-        cv2.cvtColor(image, cv2.COLOR_BGR2RGB, dst=frames[t])
+        frames[t] = read_frame(Path(root) / FRAMES_DIR / name, video.id, t, video.height, video.width)
     return frames
 
 

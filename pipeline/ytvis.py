@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 from pycocotools import mask as mask_utils
 from tqdm import tqdm
@@ -458,3 +459,14 @@ def compressed_rle_stats(counts: list[str]) -> tuple[np.ndarray, np.ndarray]:
     totals = np.add.reduceat(counts_out, first_value)
     smallest = np.minimum.reduceat(counts_out, first_value)
     return totals, smallest
+
+
+def read_frame(path: Path, video_id: int, frame_index: int, height: int, width: int) -> np.ndarray:
+    """RGB uint8 (H, W, 3) of one JPEG frame; a missing, unreadable or wrongly sized file names the video/frame."""
+    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise FileNotFoundError(f"{path}: video {video_id} frame {frame_index} is missing or not a readable image")
+    if bgr.shape[:2] != (height, width):
+        raise ValueError(f"{path}: video {video_id} frame {frame_index} is {bgr.shape[1]}x{bgr.shape[0]}, "
+                         f"train.json says {width}x{height}")
+    return np.ascontiguousarray(bgr[..., ::-1])                    # BGR -> RGB
