@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 from typing import Literal
@@ -81,10 +82,16 @@ def check_and_load(net: nn.Module, state: dict[str, Tensor], where: str) -> None
     net.load_state_dict(given, strict=False)  # strictness checked above; fc.* and counters were dropped
 
 
-class ResNetBackbone(nn.Module):
-    """torchvision ResNet with FrozenBatchNorm2d; stem and layer1 frozen; returns C3, C4, C5.
+SCRATCH_GROUPS = 32  # GroupNorm groups of a backbone trained from scratch (every ResNet width divides by 32)
 
-    weights: "imagenet" (torchvision's weights API), a local state-dict file, or None (random init).
+
+class ResNetBackbone(nn.Module):
+    """torchvision ResNet returning C3, C4, C5.
+
+    weights: "imagenet" (torchvision's weights API) or a local state-dict file: FrozenBatchNorm2d, stem and
+    layer1 frozen (method §4). None: trained from scratch (the synthetic demo; no ImageNet offline), where
+    frozen random filters and identity-statistics BN would be meaningless, so every layer trains and the
+    norm layers are GroupNorm(32), independent of the batch size and of the number of DDP processes.
     Input of `forward`: (N, 3, H, W) float, already normalised by `normalize`. Output: C3 (N, c3, H/8, W/8),
     C4 (N, c4, H/16, W/16), C5 (N, c5, H/32, W/32) with (c3, c4, c5) = `out_channels`.
     """
@@ -93,14 +100,16 @@ class ResNetBackbone(nn.Module):
         super().__init__()
         if depth not in _BUILDERS:
             raise ValueError(f"model.backbone: {depth!r} is not one of {sorted(_BUILDERS)}")
-        net = _BUILDERS[depth][0](weights=None, norm_layer=FrozenBatchNorm2d)
+        pretrained = weights is not None
+        norm = FrozenBatchNorm2d if pretrained else functools.partial(nn.GroupNorm, SCRATCH_GROUPS)
+        net = _BUILDERS[depth][0](weights=None, norm_layer=norm)
         if weights == "imagenet":
             check_and_load(net, _imagenet_state_dict(depth), f"torchvision {depth} ImageNet weights")
         elif weights is not None:
             check_and_load(net, _local_state_dict(weights), f"model.weights {weights}")
         self.stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)
         self.layer1, self.layer2, self.layer3, self.layer4 = net.layer1, net.layer2, net.layer3, net.layer4
-        for frozen in (self.stem, self.layer1):
+        for frozen in (self.stem, self.layer1) if pretrained else ():
             for p in frozen.parameters():
                 p.requires_grad_(False)
         self.out_channels: tuple[int, int, int] = _OUT_CHANNELS[depth]

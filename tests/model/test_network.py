@@ -8,6 +8,7 @@ from urllib.error import URLError
 
 import pytest
 import torch
+import torchvision
 import yaml
 
 from model.backbone import IMAGENET_MEAN_255, ResNetBackbone, imagenet_cache_path
@@ -60,9 +61,16 @@ def _grads(loss: torch.Tensor, module: torch.nn.Module | None) -> float:
 # backbone and FPN
 
 
-def test_backbone_shapes_frozen_parts_and_normalisation():
-    torch.manual_seed(0)
-    bb = ResNetBackbone("resnet18", None)
+def _torchvision_resnet18_file(tmp_path) -> str:
+    """A torchvision ResNet-18 state dict (random weights, the ImageNet file's keys) saved to a file."""
+    torch.manual_seed(1)
+    path = tmp_path / "r18.pth"
+    torch.save(torchvision.models.resnet18().state_dict(), path)
+    return str(path)
+
+
+def test_backbone_shapes_frozen_parts_and_normalisation(tmp_path):
+    bb = ResNetBackbone("resnet18", _torchvision_resnet18_file(tmp_path))
     c3, c4, c5 = bb(torch.randn(1, 3, H, W))
     assert [tuple(c.shape) for c in (c3, c4, c5)] == [(1, 128, 8, 12), (1, 256, 4, 6), (1, 512, 2, 3)]
     assert not any(p.requires_grad for p in bb.stem.parameters())
@@ -77,16 +85,21 @@ def test_backbone_shapes_frozen_parts_and_normalisation():
     assert (norm[0, :, 20:] == 0).all() and (norm[0, :, :, 24:] == 0).all()  # padding stays 0
 
 
+def test_backbone_from_scratch_trains_everything_with_group_norm():
+    """Without pretrained weights nothing is frozen and the norm layers are GroupNorm(32)."""
+    bb = ResNetBackbone("resnet18", None)
+    assert all(p.requires_grad for p in bb.parameters())
+    norms = [m for m in bb.modules() if isinstance(m, torch.nn.GroupNorm)]
+    assert len(norms) == 1 + 2 * 4 * 2 + 3 and all(m.num_groups == 32 for m in norms)  # stem, blocks, downsamples
+    assert not any("BatchNorm" in type(m).__name__ for m in bb.modules())
+
+
 def test_backbone_local_weights_roundtrip_and_key_errors(tmp_path):
-    torch.manual_seed(1)
-    src = ResNetBackbone("resnet18", None)
-    state = {k.replace("stem.0.", "conv1.").replace("stem.1.", "bn1."): v for k, v in src.state_dict().items()}
-    state["fc.weight"] = torch.zeros(1000, 512)  # a classifier in the file is ignored
-    good = tmp_path / "r18.pth"
-    torch.save(state, good)
-    loaded = ResNetBackbone("resnet18", str(good))
-    assert torch.equal(loaded.layer3[0].conv1.weight, src.layer3[0].conv1.weight)
-    assert torch.equal(loaded.stem[1].running_var, src.stem[1].running_var)
+    good = _torchvision_resnet18_file(tmp_path)
+    state = torch.load(good, weights_only=True)
+    loaded = ResNetBackbone("resnet18", good)
+    assert torch.equal(loaded.layer3[0].conv1.weight, state["layer3.0.conv1.weight"])
+    assert torch.equal(loaded.stem[1].running_var, state["bn1.running_var"])
     bad = dict(state)
     del bad["layer4.1.conv2.weight"]
     bad["layer2.0.conv1.weight"] = torch.zeros(3, 3)
