@@ -281,12 +281,13 @@ def collate(samples: list[Sample]) -> Batch:
     height = math.ceil(height / SIZE_DIVISIBILITY) * SIZE_DIVISIBILITY
     width = math.ceil(width / SIZE_DIVISIBILITY) * SIZE_DIVISIBILITY
     n = len(samples)
-    images = torch.empty((n, 3, height, width), dtype=torch.float32)  # torch.empty + zeroed padding: the
+    images = torch.empty((n, 3, height, width), dtype=torch.uint8)  # torch.empty + zeroed padding: the
     with_flow = samples[0].flow is not None                           # zero fill would cost as much as the copy
     if any((s.flow is not None) != with_flow for s in samples):
         raise ValueError("collate: some samples have flow images and some do not")
     # without flow images (BoxInst): one zero broadcast to (N, 3, H, W), no memory per pixel
-    flows = torch.empty_like(images) if with_flow else torch.zeros((1, 1, 1, 1)).expand(n, 3, height, width)
+    flows = torch.empty_like(images) if with_flow else torch.zeros((1, 1, 1, 1), dtype=torch.uint8).expand(
+        n, 3, height, width)
     grid = (height // MASK_STRIDE, width // MASK_STRIDE)
     pair_color = torch.zeros((n, 8, *grid), dtype=torch.bool)
     pair_flow = torch.zeros((n, 8, *grid), dtype=torch.bool)

@@ -96,11 +96,11 @@ class EvalFrames(Dataset):
 
 
 def pad_batch(items: list[dict[str, Any]]) -> dict[str, Any]:
-    """Stack resized frames into zero-padded (N, 3, H, W) float tensors, H and W multiples of 32."""
+    """Stack resized frames into zero-padded (N, 3, H, W) uint8 tensors, H and W multiples of 32."""
     height = math.ceil(max(it["image"].shape[0] for it in items) / SIZE_DIVISIBILITY) * SIZE_DIVISIBILITY
     width = math.ceil(max(it["image"].shape[1] for it in items) / SIZE_DIVISIBILITY) * SIZE_DIVISIBILITY
-    images = torch.zeros((len(items), 3, height, width))
-    flows = torch.zeros((len(items), 3, height, width)) if items[0]["flow"] is not None else None
+    images = torch.zeros((len(items), 3, height, width), dtype=torch.uint8)
+    flows = torch.zeros_like(images) if items[0]["flow"] is not None else None
     for i, it in enumerate(items):
         h, w = it["image"].shape[:2]
         images[i, :, :h, :w] = torch.from_numpy(it["image"]).permute(2, 0, 1)  # (h, w, 3) -> (3, h, w)

@@ -111,7 +111,8 @@ def test_collate_pads_and_masks_invalid_pairs() -> None:
                np.zeros((0, 4), np.float32), np.zeros((0,), np.int64))
     batch = collate([a, b])
     assert batch.images.shape == (2, 3, 64, 96) and batch.pair_color.shape == (2, 8, 16, 24)
-    assert torch.equal(batch.images[0, :, :40, :70], torch.from_numpy(a.image).permute(2, 0, 1).float())
+    assert torch.equal(batch.images[0, :, :40, :70], torch.from_numpy(a.image).permute(2, 0, 1))
+    assert batch.images.dtype == torch.uint8 and batch.flows.dtype == torch.uint8
     assert batch.images[0, :, 40:].abs().sum() == 0 and batch.images[0, :, :, 70:].abs().sum() == 0
     assert batch.flows.abs().sum() == 0
     assert batch.image_sizes == [(40, 70), (33, 20)]
