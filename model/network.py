@@ -22,7 +22,7 @@ from model.backbone import Depth, ResNetBackbone
 from model.batch import Batch
 from model.condinst import (MASK_OUT_STRIDE, DynamicMaskHead, MaskBranch, aligned_bilinear, box_masks_s4,
                             instance_scores, sample_instances)
-from model.fcos import (FCOSHead, HeadOutputs, assign_targets, fcos_losses, flatten_levels,
+from model.fcos import (FCOSHead, HeadOutputs, assign_targets, fcos_losses, flatten_levels, reduce_mean,
                         locations_per_level, postprocess)
 from model.fpn import FPN, LEVELS, STRIDES
 from model.losses import pairwise_loss, projection_loss
@@ -217,6 +217,7 @@ class TwoStreamCondInst(nn.Module):
         if pos_img.numel() == 0:
             # no box anywhere: zero mask losses that still reach the mask branches and the controller
             zero = mask_feats.float().sum() * 0.0 + controller_flat.float().sum() * 0.0
+            reduce_mean(zero.detach()), reduce_mean(zero.detach())  # the other ranks' count all-reduces
             losses["loss_proj"] = zero
             losses["loss_pairwise"] = zero.clone()
             return losses
@@ -242,9 +243,15 @@ class TwoStreamCondInst(nn.Module):
             if batch.pair_flow.shape != pair.shape:
                 raise ValueError(f"batch.pair_flow must be {tuple(pair.shape)}, got {tuple(batch.pair_flow.shape)}")
             pair = pair & batch.pair_flow
-        losses["loss_proj"] = projection_loss(mask_logits, box_masks)
+        # Both mask terms are normalised by counts averaged over DDP ranks (like FCOS's num_pos), so that P
+        # processes with batch b train like one process with batch P·b: instances for the projection term,
+        # edge weights Σw for the pairwise term (method §5).
+        instances = mask_logits.new_tensor(float(len(keep)))
+        losses["loss_proj"] = projection_loss(mask_logits, box_masks) * instances / reduce_mean(instances)
+        edges = (box_masks * pair[img_k]).sum().clamp(min=1.0).detach()  # Σw of this rank, as pairwise_loss
         warm = pairwise_warmup_factor(step, self.params.pairwise_warmup)
-        losses["loss_pairwise"] = pairwise_loss(mask_logits, box_masks, pair[img_k]) * warm
+        losses["loss_pairwise"] = (pairwise_loss(mask_logits, box_masks, pair[img_k]) * edges
+                                   / reduce_mean(edges).clamp(min=1.0) * warm)
         return losses
 
     # ------------------------------------------------------------------------------------------------

@@ -179,3 +179,61 @@ def test_non_finite_step_is_skipped_and_repeated_ones_stop(tiny_data: dict, tmp_
     paths = dataclasses.replace(paths, out=tmp_path / "always")
     with pytest.raises(RuntimeError, match="3 non-finite training steps in a row.*train.grad_clip"):
         train(paths, {}, tiny_params(iters=6, max_bad_steps=3), build_nan_always)
+
+
+def _network_batch() -> Batch:
+    """4 frames of one size (so padding is the same however they are split) with different boxes and pairs."""
+    gen = torch.Generator().manual_seed(5)
+    boxes = [torch.tensor([[8.0, 6.0, 50.0, 40.0]]), torch.tensor([[40.0, 20.0, 90.0, 60.0], [4.0, 4.0, 30.0, 50.0]]),
+             torch.tensor([[10.0, 30.0, 60.0, 62.0]]), torch.tensor([[50.0, 2.0, 94.0, 34.0]])]
+    return Batch(images=(torch.rand(4, 3, 64, 96, generator=gen) * 255).to(torch.uint8),
+                 flows=(torch.rand(4, 3, 64, 96, generator=gen) * 255).to(torch.uint8), image_sizes=[(64, 96)] * 4,
+                 boxes_xyxy=boxes, classes=[torch.arange(len(b)) % 2 for b in boxes],
+                 pair_color=torch.rand(4, 8, 16, 24, generator=gen) > 0.3,
+                 pair_flow=torch.rand(4, 8, 16, 24, generator=gen) > 0.3)
+
+
+def _part(batch: Batch, lo: int, hi: int) -> Batch:
+    """Frames lo..hi-1 of a batch."""
+    return Batch(batch.images[lo:hi], batch.flows[lo:hi], batch.image_sizes[lo:hi], batch.boxes_xyxy[lo:hi],
+                 batch.classes[lo:hi], batch.pair_color[lo:hi], batch.pair_flow[lo:hi])
+
+
+def _network_grads(batch: Batch) -> dict[str, torch.Tensor]:
+    """Gradient of the real network's total loss (step past the pairwise warm-up), averaged over ranks as DDP
+    does. eval(): the mask branch's BatchNorm uses its running statistics, which no split can change (its
+    per-process batch statistics on a CPU can; on GPUs the trainer uses SyncBatchNorm)."""
+    network, _, _ = build_network(tiny_model(), 2)
+    network.eval()
+    sum(network(batch, step=100).values()).backward()
+    grads = {n: p.grad.clone() for n, p in network.named_parameters() if p.grad is not None}
+    if dist.is_initialized():
+        for g in grads.values():
+            dist.all_reduce(g)
+            g /= dist.get_world_size()
+    return grads
+
+
+def _grads_rank(rank: int, world: int, port: int, out: Path) -> None:
+    """One gloo rank: the gradient of its half of the batch, averaged over both ranks; rank 0 saves it."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    per = 4 // world
+    grads = _network_grads(_part(_network_batch(), rank * per, (rank + 1) * per))
+    if rank == 0:
+        torch.save(grads, out)
+    dist.destroy_process_group()
+
+
+def test_network_losses_are_normalised_over_ranks(tmp_path: Path) -> None:
+    """The real network's loss terms divide by counts averaged over ranks (positives, instances, edge weights),
+    so 2 ranks × 2 frames give the gradient of 1 process × 4 frames."""
+    torch.manual_seed(0)
+    one = _network_grads(_network_batch())
+    mp.spawn(_grads_rank, args=(2, free_port(), tmp_path / "two.pt"), nprocs=2)
+    two = torch.load(tmp_path / "two.pt", weights_only=True)
+    assert set(one) == set(two) and len(one) > 50
+    for name, g in one.items():
+        torch.testing.assert_close(two[name], g, rtol=1e-4, atol=1e-6, msg=name)
