@@ -2,32 +2,15 @@
 
 from __future__ import annotations
 
-import os
-import re
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
 
-REPO = Path(__file__).resolve().parents[2]
+from smk import REPO, planned_rules, snakemake
+
 TARGET = "results/affinity/shard_0.zarr"
-
-
-def snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
-    """Run snakemake on the repository's Snakefile in `workdir`, this interpreter's bin folder first on PATH."""
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-               OMP_NUM_THREADS="1")
-    return subprocess.run([sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), *args],
-                          cwd=workdir, env=env, capture_output=True, text=True, timeout=600)
-
-
-def planned_rules(run: subprocess.CompletedProcess) -> set[str]:
-    """Rule names of the jobs a dry run lists."""
-    assert run.returncode == 0, run.stdout + run.stderr
-    return set(re.findall(r"^(?:local)?rule (\w+):", run.stdout, flags=re.M))
 
 
 def write_config(path: Path, **affinity_and_flow) -> Path:

@@ -7,15 +7,14 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
 from pipeline.shards import videos_of_shard
+from smk import REPO, command, environment, snakemake
 
-REPO = Path(__file__).resolve().parents[2]
 SHARDS = 3
 SHARD_SIZE = 3
 KILLED = 1
@@ -30,18 +29,16 @@ flow:
 """
 
 
-def environment() -> dict[str, str]:
-    """This interpreter's bin folder first on PATH, one thread per process, a CPU-only local profile."""
-    return dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-                OMP_NUM_THREADS="1", MOWIS_GPUS="0")
-
-
-def snakemake_args(workdir: Path, *extra: str) -> list[str]:
-    """`snakemake` on the flow targets through the local profile, in `workdir`, with --keep-going."""
+def flow_args(workdir: Path) -> list[str]:
+    """snakemake's arguments: the flow targets through the local profile with --keep-going, `workdir`'s config."""
     targets = [f"results/flow/shard_{k}.zarr" for k in range(SHARDS)]
-    return [sys.executable, "-m", "snakemake", *targets, "-s", str(REPO / "Snakefile"), "--directory", str(workdir),
-            "--profile", str(REPO / "workflow/profiles/local"), "--cores", "2", "--keep-going",
-            "--configfile", str(workdir / "tiny.yaml"), *extra]
+    return [*targets, "--profile", str(REPO / "workflow/profiles/local"), "--cores", "2", "--keep-going",
+            "--configfile", str(workdir / "tiny.yaml")]
+
+
+def cpu_only() -> dict[str, str]:
+    """The tests' environment with the local profile's GPU cap at zero."""
+    return environment(MOWIS_GPUS="0")
 
 
 def flow_process(shard: int) -> int | None:
@@ -83,7 +80,7 @@ def test_killed_shard_is_the_only_one_rerun(tmp_path: Path) -> None:
     """Kill shard 1 mid-write; shards 0 and 2 complete, shard 1 is missing, and only it is planned and rerun."""
     (tmp_path / "tiny.yaml").write_text(CONFIG)
     flow_dir = tmp_path / "results/flow"
-    run = subprocess.Popen(snakemake_args(tmp_path), env=environment(), stdout=subprocess.PIPE,
+    run = subprocess.Popen(command(tmp_path, *flow_args(tmp_path)), env=cpu_only(), stdout=subprocess.PIPE,
                            stderr=subprocess.STDOUT, text=True)
     try:
         kill_while_writing(KILLED, flow_dir, run)
@@ -97,14 +94,12 @@ def test_killed_shard_is_the_only_one_rerun(tmp_path: Path) -> None:
     assert list(flow_dir.glob(f".shard_{KILLED}.zarr.*.tmp")), "the killed job's temporary store is gone?"
     stamps = {k: (flow_dir / f"shard_{k}.zarr/zarr.json").stat().st_mtime_ns for k in done}
 
-    plan = subprocess.run(snakemake_args(tmp_path, "-n"), env=environment(), capture_output=True, text=True,
-                          timeout=300)
+    plan = snakemake(tmp_path, *flow_args(tmp_path), "-n", env=cpu_only(), timeout=300)
     assert plan.returncode == 0, plan.stdout + plan.stderr
     planned = [line.split("=")[-1] for line in plan.stdout.splitlines() if line.strip().startswith("wildcards: k=")]
     assert planned == [str(KILLED)], plan.stdout
 
-    rerun = subprocess.run(snakemake_args(tmp_path), env=environment(), capture_output=True, text=True,
-                           timeout=300)
+    rerun = snakemake(tmp_path, *flow_args(tmp_path), env=cpu_only(), timeout=300)
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
     assert rerun.stderr.count("rule flow:") == 1 and f"k={KILLED}" in rerun.stderr, rerun.stderr
     assert {k: (flow_dir / f"shard_{k}.zarr/zarr.json").stat().st_mtime_ns for k in done} == stamps

@@ -14,18 +14,17 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-import shlex
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
+import smk
 from model.launch import slurm_allocation
+from smk import REPO, TINY, environment
 
-REPO = Path(__file__).resolve().parents[2]
 FAKES = ("sbatch", "srun", "sacct", "squeue", "sinfo", "scontrol", "sacctmgr", "scancel")
 ACCOUNT, CPU_PART, GPU_PART = "acct-test", "cpu-test", "gpu-test"
 NODES, GPUS_PER_NODE = 2, 4
@@ -222,8 +221,8 @@ def install_fakes(tmp_path: Path) -> dict[str, str]:
         script.write_text(f"#!{sys.executable}\nimport sys\nsys.path.insert(0, {str(Path(__file__).parent)!r})\n"
                           "from test_slurm import fake_main\nfake_main()\n")
         script.chmod(0o755)
-    path = os.pathsep.join([str(bin_dir), str(Path(sys.executable).parent), os.environ["PATH"]])
-    return dict(os.environ, PATH=path, FAKE_SLURM_DIR=str(state), OMP_NUM_THREADS="1")
+    env = environment(FAKE_SLURM_DIR=str(state))
+    return env | {"PATH": f"{bin_dir}{os.pathsep}{env['PATH']}"}
 
 
 def read_records(tmp_path: Path, name: str) -> list[dict]:
@@ -249,10 +248,9 @@ def slurm_env(tmp_path: Path, **extra: str) -> dict[str, str]:
 
 def snakemake(workdir: Path, env: dict[str, str], *args: str, timeout: int = 900) -> subprocess.CompletedProcess:
     """`snakemake <args> --profile workflow/profiles/slurm` in `workdir`, status checks every second or so."""
-    command = [sys.executable, "-m", "snakemake", *args, "-s", str(REPO / "Snakefile"), "--directory", str(workdir),
-               "--profile", str(REPO / "workflow/profiles/slurm"), "--seconds-between-status-checks", "1",
-               "--slurm-init-seconds-before-status-checks", "1", "--slurm-keep-successful-logs"]
-    return subprocess.run(command, cwd=workdir, env=env, capture_output=True, text=True, timeout=timeout)
+    return smk.snakemake(workdir, *args, "--profile", str(REPO / "workflow/profiles/slurm"),
+                         "--seconds-between-status-checks", "1", "--slurm-init-seconds-before-status-checks", "1",
+                         "--slurm-keep-successful-logs", env=env, timeout=timeout)
 
 
 def test_profile_requires_the_partitions(tmp_path: Path) -> None:
@@ -336,19 +334,6 @@ def test_gma_flow_shard_asks_for_one_gpu_and_retries_with_more(tmp_path: Path) -
         assert not {"--ntasks-per-gpu", "--ntasks", "--gres", "--nodes"} & set(opts), opts
 
 
-# A tiny run: 8 videos in 2 shards of 4, a small network, a few iterations
-TINY = """
-dataset:
-  synthetic: {videos: 8, frames: 4, height: 64, width: 64, classes: 2, max_objects: 2, seed: 1}
-split:
-  videos_per_class: 1
-flow:
-  estimator: dis
-  shard_size: 4
-model: {fpn_channels: 16, mask_branch_channels: 16, head_convs: 1, pairwise_warmup: 2}
-train: {iters: 4, batch_size: 2, base_batch: 2, warmup_iters: 1, steps: [3], min_sizes: [64], max_size: 96,
-        checkpoint_every: 2}
-"""
 # rules with one job per flow shard
 SHARDED = {"flow", "affinity"}
 
@@ -356,11 +341,7 @@ SHARDED = {"flow", "affinity"}
 def planned_jobs(workdir: Path, env: dict[str, str], config: Path) -> dict[str, int]:
     """Jobs per rule in a dry run's job stats (the local rule `all` left out)."""
     run = snakemake(workdir, env, "all", "results/tables", "-n", "--configfile", str(config), timeout=300)
-    assert run.returncode == 0, run.stdout + run.stderr
-    stats = run.stdout.split("Job stats:")[1].split("total")[0].splitlines()[3:]
-    jobs = {line.split()[0]: int(line.split()[1]) for line in stats if line.strip()}
-    jobs.pop("all", None)
-    return jobs
+    return smk.planned_jobs(run)
 
 
 @pytest.mark.slow
@@ -433,11 +414,8 @@ def local_gpu_claims(tmp_path: Path, estimator: str) -> dict[str, set[int]]:
     tmp_path.mkdir()
     config = tmp_path / f"{estimator}.yaml"
     config.write_text(f"flow:\n  estimator: {estimator}\n")
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", MOWIS_GPUS="2")
-    run = subprocess.run([sys.executable, "-m", "snakemake", "all", "results/tables", "-n",
-                          "-s", str(REPO / "Snakefile"), "--directory", str(tmp_path),
-                          "--profile", str(REPO / "workflow/profiles/local"), "--configfile", str(config)],
-                         env=env, capture_output=True, text=True, timeout=300)
+    run = smk.snakemake(tmp_path, "all", "results/tables", "-n", "--profile", str(REPO / "workflow/profiles/local"),
+                        "--configfile", str(config), env=environment(MOWIS_GPUS="2"), timeout=300)
     assert run.returncode == 0, run.stdout + run.stderr
     claims: dict[str, set[int]] = {}
     for block in run.stdout.split("\nrule ")[1:]:
