@@ -383,26 +383,39 @@ def write_shard(out: str | os.PathLike, root: str | os.PathLike, videos: Sequenc
     return times
 
 
-def main(argv: list[str] | None = None) -> None:
-    """CLI of rule `flow`: one shard of videos -> one Zarr store, plus a JSON log of its speed."""
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def estimator_cli(description: str | None) -> argparse.ArgumentParser:
+    """Arguments shared by the CLIs that run an estimator over a dataset: --root, --annotations, --params (the
+    flow section), --out, and the runtime knobs --batch-size, --device, --threads (not params: no reruns)."""
+    ap = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--root", required=True, help="dataset folder holding JPEGImages/")
     ap.add_argument("--annotations", required=True, help="train.json (relative to --root, or absolute)")
-    ap.add_argument("--shard", type=int, required=True)
     ap.add_argument("--params", required=True, help="the flow config section as JSON")
-    ap.add_argument("--out", required=True, help="the store to write, results/flow/shard_K.zarr")
-    ap.add_argument("--log-json", required=True, help="per-shard JSON log (frames, seconds, frames/s)")
-    ap.add_argument("--num-videos", type=int, help="videos the workflow planned its shards for")
-    ap.add_argument("--batch-size", type=int, default=8, help="GMA pairs per forward pass (runtime knob)")
+    ap.add_argument("--out", required=True, help="what to write")
+    ap.add_argument("--batch-size", type=int, default=8, help="GMA pairs per forward pass")
     ap.add_argument("--device", help="GMA device (default: cuda when present, else cpu)")
     ap.add_argument("--threads", type=int, help="CPU threads for OpenCV / torch")
-    args = ap.parse_args(argv)
-    log = setup_logging()
+    return ap
+
+
+def estimator_from_args(args: argparse.Namespace) -> tuple[FlowParams, PairEstimator]:
+    """The flow params and estimator an `estimator_cli` command line asks for, with its thread count set."""
     if args.threads:
         cv2.setNumThreads(args.threads)
         import torch
         torch.set_num_threads(args.threads)
     params = FlowParams.from_json(args.params, "--params (config section flow)")
+    return params, make_estimator(params, args.device, args.batch_size)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """CLI of rule `flow`: one shard of videos -> one Zarr store, plus a JSON log of its speed."""
+    ap = estimator_cli(__doc__)
+    ap.add_argument("--shard", type=int, required=True)
+    ap.add_argument("--log-json", required=True, help="per-shard JSON log (frames, seconds, frames/s)")
+    ap.add_argument("--num-videos", type=int, help="videos the workflow planned its shards for")
+    args = ap.parse_args(argv)
+    log = setup_logging()
+    params, estimate = estimator_from_args(args)
     dataset = load_ytvis(args.root, args.annotations, check_files=False)
     if args.num_videos is not None and len(dataset.videos) != args.num_videos:
         raise ValueError(f"{dataset.annotation_file} lists {len(dataset.videos)} videos, but the workflow planned "
@@ -411,7 +424,6 @@ def main(argv: list[str] | None = None) -> None:
     shard_ids = videos_of_shard([v.id for v in dataset.videos], args.shard, params.shard_size)
     by_id = {v.id: v for v in dataset.videos}
     videos = [by_id[i] for i in shard_ids]
-    estimate = make_estimator(params, args.device, args.batch_size)
     sha = file_sha256(params.gma.checkpoint) if params.estimator == "gma" else None
     log.info("shard %d: %d videos, estimator %s", args.shard, len(videos), params.estimator)
     start = time.perf_counter()

@@ -10,17 +10,15 @@ CLI: python -m pipeline.flow_quality --root R --annotations train.json --gt-dir 
 
 from __future__ import annotations
 
-import argparse
 import posixpath
 import sys
 import time
 from pathlib import Path
 
-import cv2
 import numpy as np
 from tqdm import tqdm
 
-from pipeline.flow import FlowParams, PairEstimator, make_estimator, read_frames
+from pipeline.flow import PairEstimator, estimator_cli, estimator_from_args, read_frames
 from pipeline.io import setup_logging, write_json_atomic
 from pipeline.ytvis import Video, load_ytvis
 
@@ -63,22 +61,12 @@ def score_video(root: str | Path, gt_dir: str | Path, video: Video, estimate: Pa
 
 def main(argv: list[str] | None = None) -> None:
     """CLI of rule `flow_quality`."""
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--root", required=True)
-    ap.add_argument("--annotations", required=True)
+    ap = estimator_cli(__doc__)
     ap.add_argument("--gt-dir", required=True, help="folder of <video>.npy ground-truth forward flows")
-    ap.add_argument("--params", required=True, help="the flow config section as JSON")
-    ap.add_argument("--out", required=True)
-    ap.add_argument("--batch-size", type=int, default=8, help="GMA pairs per forward pass")
-    ap.add_argument("--device", help="GMA device (default: cuda when present)")
-    ap.add_argument("--threads", type=int, help="CPU threads for OpenCV / torch")
     args = ap.parse_args(argv)
     log = setup_logging()
-    if args.threads:
-        cv2.setNumThreads(args.threads)
-    params = FlowParams.from_json(args.params, "--params (config section flow)")
+    params, estimate = estimator_from_args(args)
     dataset = load_ytvis(args.root, args.annotations, check_files=False)
-    estimate = make_estimator(params, args.device, args.batch_size)
     start = time.perf_counter()
     per_video, all_errors = {}, []
     for video in tqdm(dataset.videos, desc="flow quality", unit="video", file=sys.stderr):
