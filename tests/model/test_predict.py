@@ -1,0 +1,171 @@
+"""model.predict on a few synthetic frames with a tiny randomly initialised two-stream model in final.pt form."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pycocotools.mask as mask_utils
+import pytest
+import torch
+
+from model.evaluate import EvaluateParams
+from model.network import ModelParams, TwoStreamCondInst
+from model.predict import Frame, chunk_flow, chunks_with_context, main, run
+from pipeline.flow import DisEstimator, FlowParams, encode_video, video_flow
+from pipeline.io import params_from_json
+
+TINY_MODEL = Path(__file__).parent / "tiny_model.json"
+EVALUATE = {"min_size": 64, "max_size": 96, "score_thresh": 0.0, "nms_thresh": 0.6, "topk_per_level": 50,
+            "max_dets": 5, "mask_thresh": 0.5}
+FLOW = {"estimator": "dis", "shard_size": 4, "gma": {"checkpoint": "none.pth", "iters": 2, "dtype": "float32"},
+        "dis": {"preset": "fast"}}
+CATEGORY_IDS, CATEGORY_NAMES = [3, 7], ["ellipse", "star"]
+
+
+def synthetic_frames(count: int = 5, height: int = 48, width: int = 64) -> np.ndarray:
+    """(T, H, W, 3) uint8 RGB: a smooth random background and a textured square moving 3 px right per frame."""
+    rng = np.random.default_rng(1)
+    background = cv2.resize(rng.integers(0, 255, (12, 16, 3), np.uint8), (width, height),
+                            interpolation=cv2.INTER_CUBIC)
+    patch = rng.integers(0, 255, (16, 16, 3), np.uint8)
+    frames = np.repeat(background[None], count, axis=0)
+    for t in range(count):
+        frames[t, 14:30, 8 + 3 * t:24 + 3 * t] = patch
+    return frames
+
+
+def save_final(path: Path, two_stream: bool = True) -> None:
+    """A randomly initialised tiny network saved like model/train.py writes final.pt."""
+    raw = json.loads(TINY_MODEL.read_text())
+    raw["two_stream"] = two_stream
+    params = params_from_json(ModelParams, json.dumps(raw), "tiny_model.json")
+    torch.manual_seed(0)
+    model = TwoStreamCondInst(params, len(CATEGORY_IDS))
+    torch.save({"model": model.state_dict(), "model_params": raw, "train_params": {}, "step": 0,
+                "num_classes": len(CATEGORY_IDS), "category_ids": CATEGORY_IDS, "category_names": CATEGORY_NAMES},
+               path)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("ckpt") / "final.pt"
+    save_final(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The same frames as an MJPG video file and as a folder of PNGs holding the video's decoded frames."""
+    root = tmp_path_factory.mktemp("inputs")
+    frames = synthetic_frames()
+    video = root / "clip.avi"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 5, (frames.shape[2], frames.shape[1]))
+    for rgb in frames:
+        writer.write(np.ascontiguousarray(rgb[..., ::-1]))
+    writer.release()
+    capture, folder, t = cv2.VideoCapture(str(video)), root / "frames", 0
+    folder.mkdir()
+    while True:
+        ok, bgr = capture.read()
+        if not ok:
+            break
+        cv2.imwrite(str(folder / f"f{t:03d}.png"), bgr)
+        t += 1
+    assert t == len(frames)
+    return {"video": video, "folder": folder}
+
+
+def predict(input_path: Path, checkpoint: Path, out: Path, batch_size: int = 2) -> dict:
+    """Run the CLI and return what it wrote."""
+    main(["--input", str(input_path), "--checkpoint", str(checkpoint), "--params", json.dumps(EVALUATE),
+          "--flow-params", json.dumps(FLOW), "--out", str(out), "--batch-size", str(batch_size),
+          "--overlay-thresh", "0.0", "--device", "cpu"])
+    return {"results": json.loads((out / "results.json").read_text()),
+            "images": json.loads((out / "images.json").read_text()),
+            "overlays": sorted((out / "overlays").iterdir())}
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 5, 7])
+def test_chunked_flow_equals_the_flow_of_the_whole_video(size: int) -> None:
+    frames = synthetic_frames()
+    expected = encode_video(video_flow(frames, DisEstimator("fast")))  # (T, H, W, 3)
+    stream = (Frame(rgb, str(t), t) for t, rgb in enumerate(frames))
+    got = np.concatenate([chunk_flow(chunk, before, after, DisEstimator("fast"))
+                          for chunk, before, after in chunks_with_context(stream, size)])
+    np.testing.assert_array_equal(got, expected)
+    assert np.abs(got.astype(int) - 128).max() > 0  # the square moves: the flow is not all zeros
+
+
+def test_one_frame_input_gets_zero_flow() -> None:
+    frame = Frame(synthetic_frames(1)[0], "a", 0)
+    flow = chunk_flow([frame], None, None, DisEstimator("fast"))
+    np.testing.assert_array_equal(flow, encode_video(np.zeros((1, 48, 64, 2), np.float32)))
+
+
+def test_folder_predictions_decode_with_one_overlay_per_frame(inputs: dict[str, Path], checkpoint: Path,
+                                                              tmp_path: Path) -> None:
+    out = predict(inputs["folder"], checkpoint, tmp_path / "out")
+    images = out["images"]["images"]
+    assert [im["file_name"] for im in images] == [f"f{t:03d}.png" for t in range(5)]
+    assert [im["id"] for im in images] == list(range(5)) and images[0]["height"] == 48
+    assert [p.name for p in out["overlays"]] == [f"f{t:03d}.png" for t in range(5)]
+    assert out["images"]["categories"] == [{"id": 3, "name": "ellipse"}, {"id": 7, "name": "star"}]
+    assert out["results"], "score_thresh 0 must keep detections"
+    per_image = {im["id"]: 0 for im in images}
+    for r in out["results"]:
+        per_image[r["image_id"]] += 1
+        assert r["category_id"] in CATEGORY_IDS
+        mask = mask_utils.decode(r["segmentation"])
+        assert mask.shape == (48, 64)
+        x, y, w, h = r["bbox"]
+        assert 0 <= x and x + w <= 64 + 1e-3 and 0 <= y and y + h <= 48 + 1e-3
+    assert all(1 <= n <= EVALUATE["max_dets"] for n in per_image.values())
+    for path in out["overlays"]:
+        overlay = cv2.imread(str(path))
+        assert overlay.shape == (48, 64, 3)
+        original = cv2.imread(str(inputs["folder"] / path.name))
+        assert np.abs(overlay.astype(int) - original).max() > 0  # something was drawn
+
+
+def test_video_file_equals_folder_of_its_frames(inputs: dict[str, Path], checkpoint: Path, tmp_path: Path) -> None:
+    from_folder = predict(inputs["folder"], checkpoint, tmp_path / "folder", batch_size=2)
+    from_video = predict(inputs["video"], checkpoint, tmp_path / "video", batch_size=2)
+    assert from_video["results"] == from_folder["results"]
+    assert [im["file_name"] for im in from_video["images"]["images"]] == [f"clip.avi:{t:06d}" for t in range(5)]
+    assert [p.name for p in from_video["overlays"]] == [f"clip_{t:06d}.png" for t in range(5)]
+    for a, b in zip(from_video["overlays"], from_folder["overlays"]):
+        np.testing.assert_array_equal(cv2.imread(str(a)), cv2.imread(str(b)))
+
+
+def test_clear_errors(inputs: dict[str, Path], checkpoint: Path, tmp_path: Path) -> None:
+    params = params_from_json(EvaluateParams, json.dumps(EVALUATE), "evaluate")
+    flow = FlowParams.from_json(json.dumps(FLOW), "flow")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(FileNotFoundError, match="empty: no frames"):
+        run(empty, checkpoint, params, flow, tmp_path / "o1", "cpu", 2, 0.3)
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(b"not a video at all")
+    with pytest.raises(ValueError, match="broken.mp4"):
+        run(broken, checkpoint, params, flow, tmp_path / "o2", "cpu", 2, 0.3)
+    training = tmp_path / "ckpt.pt"
+    torch.save({"model": {}, "step": 3}, training)
+    with pytest.raises(KeyError, match="not a mowis final checkpoint"):
+        run(inputs["folder"], training, params, flow, tmp_path / "o3", "cpu", 2, 0.3)
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"\x00" * 64)
+    with pytest.raises(ValueError, match="garbage.pt"):
+        run(inputs["folder"], garbage, params, flow, tmp_path / "o4", "cpu", 2, 0.3)
+    with pytest.raises(ValueError, match="--flow-params"):
+        run(inputs["folder"], checkpoint, params, None, tmp_path / "o5", "cpu", 2, 0.3)
+
+
+def test_boxinst_needs_no_flow(inputs: dict[str, Path], tmp_path: Path) -> None:
+    path = tmp_path / "boxinst.pt"
+    save_final(path, two_stream=False)
+    params = params_from_json(EvaluateParams, json.dumps(EVALUATE), "evaluate")
+    info = run(inputs["folder"], path, params, None, tmp_path / "out", "cpu", 4, 0.3)
+    assert len(info["images"]) == 5 and len(list((tmp_path / "out" / "overlays").iterdir())) == 5
