@@ -23,6 +23,7 @@ include: "workflow/rules/flow.smk"
 include: "workflow/rules/affinity.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/report.smk"
 
 
 rule all:

@@ -138,17 +138,19 @@ def chunk_flow(chunk: list[Frame], before: Frame | None, after: Frame | None,
 
 # --- output -----------------------------------------------------------------------------------------------
 
+def blend_masks(rgb: np.ndarray, masks: np.ndarray) -> np.ndarray:
+    """(H, W, 3) uint8 RGB with masks (D, H, W) bool blended in, instance k in colour PALETTE[k mod 10]."""
+    out = rgb.astype(np.float32)
+    for k, m in enumerate(masks):
+        out[m] = (1 - MASK_ALPHA) * out[m] + MASK_ALPHA * PALETTE[k % len(PALETTE)].astype(np.float32)
+    return np.ascontiguousarray(out.round().clip(0, 255).astype(np.uint8))
+
+
 def draw_overlay(rgb: np.ndarray, det: Detections, class_names: list[str], min_score: float) -> np.ndarray:
     """(H, W, 3) uint8 RGB with the detections scoring at least `min_score`: each mask blended in its
     instance colour, its box, and '<class> <score>' above the box."""
-    out = rgb.astype(np.float32)
     keep = [i for i, s in enumerate(det.scores.tolist()) if s >= min_score]
-    masks = det.masks.cpu().numpy()
-    for k, i in enumerate(keep):
-        colour = PALETTE[k % len(PALETTE)].astype(np.float32)
-        m = masks[i]
-        out[m] = (1 - MASK_ALPHA) * out[m] + MASK_ALPHA * colour
-    out = np.ascontiguousarray(out.round().clip(0, 255).astype(np.uint8))
+    out = blend_masks(rgb, det.masks.cpu().numpy()[keep])
     scale = max(0.3, min(rgb.shape[:2]) / 600)
     for k, i in enumerate(keep):
         colour = tuple(int(c) for c in PALETTE[k % len(PALETTE)])

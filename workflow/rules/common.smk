@@ -73,4 +73,24 @@ def final_targets():
     targets = ["results/split/summary.json", "results/tables"]
     if not config["dataset"]["root"]:
         targets.append("results/flow/quality.json")  # the flow estimator scored on synthetic ground truth
+    return targets + figure_targets()  # the report's figures (report.smk)
+
+
+def experiment_of_row(row):
+    """The first experiment (config order) reproducing the paper's row `row`, or None."""
+    return next((name for name, exp in config["experiments"].items() if exp["paper"] == row), None)
+
+
+def figure_targets():
+    """The report's figures this config can make: tables and curves always (with experiments), flow quality on
+    the synthetic data, Fig. 1 with both boxinst_r50 and ours_r50 experiments, Fig. 3 with ours_r50."""
+    targets = ["results/figures/tables.html"]
+    if config["experiments"]:
+        targets.append("results/figures/training_curves.png")
+    if not config["dataset"]["root"]:
+        targets.append("results/figures/flow_quality.png")
+    if experiment_of_row("boxinst_r50") and experiment_of_row("ours_r50"):
+        targets.append("results/figures/fig1_masks.png")
+    if experiment_of_row("ours_r50"):
+        targets.append("results/figures/fig3_activations.png")
     return targets
