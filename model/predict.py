@@ -101,8 +101,10 @@ def open_input(path: Path) -> tuple[Iterator[Frame], int | None]:
         return read_folder(path), len(frame_files(path))
     if path.is_file():
         capture = cv2.VideoCapture(str(path))
-        count = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) if capture.isOpened() else 0
+        opened, count = capture.isOpened(), int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
         capture.release()
+        if not opened:
+            raise ValueError(f"{path}: cannot open this video file (cv2.VideoCapture); is it a video?")
         return read_video(path), (count or None)
     raise FileNotFoundError(f"{path}: no such folder of frames or video file")
 
