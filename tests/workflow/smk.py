@@ -25,6 +25,11 @@ train: {iters: 4, batch_size: 2, base_batch: 2, warmup_iters: 1, steps: [3], min
 evaluate: {min_size: 64, max_size: 96}
 """
 
+# The report's figure jobs that every run with BoxInst and Ours R-50 experiments plans (rules in report.smk),
+# and those of them that a training edit reruns.
+FIGURES = {"figure_tables": 1, "figure_training_curves": 1, "figure_masks": 1, "figure_activations": 1}
+AFTER_TRAINING = {"train", "evaluate", "tables", *FIGURES}
+
 
 def environment(**extra: str) -> dict[str, str]:
     """This interpreter's bin folder first on PATH (the rules call `python`), one thread per process."""

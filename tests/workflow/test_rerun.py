@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from smk import REPO, TINY, planned_rules, ran_rules, snakemake
+from smk import AFTER_TRAINING, REPO, TINY, planned_rules, ran_rules, snakemake
 
 
 def write_config(path: Path, **edits: dict) -> Path:
@@ -28,8 +28,9 @@ def train_runs(workdir: Path) -> dict[str, int]:
 
 @pytest.mark.slow
 def test_config_edits_rerun_exactly_the_downstream_stages(tmp_path: Path) -> None:
-    """No edit: nothing planned. train.lr: train, evaluate, tables. affinity.tau_flow: affinity and those, not
-    flow. The lr rerun runs those three rules only, trains afresh (a new trajectory), and leaves nothing planned."""
+    """No edit: nothing planned. train.lr: train, evaluate, tables and the figures made from trained models.
+    affinity.tau_flow: affinity and those, not flow. The lr rerun runs those rules only, trains afresh (a new
+    trajectory), and leaves nothing planned."""
     base = write_config(tmp_path / "tiny.yaml")
     first = snakemake(tmp_path, "--cores", "2", "--configfile", str(base))
     assert {"synthetic", "flow", "affinity", "train", "evaluate", "tables"} <= ran_rules(first)
@@ -41,15 +42,15 @@ def test_config_edits_rerun_exactly_the_downstream_stages(tmp_path: Path) -> Non
 
     assert plan(base) == set()
     lr = write_config(tmp_path / "lr.yaml", train={"lr": 2.0e-2})
-    assert plan(lr) == {"train", "evaluate", "tables"}
+    assert plan(lr) == AFTER_TRAINING
     tau = write_config(tmp_path / "tau.yaml", affinity={"tau_flow": 0.7})
-    assert plan(tau) == {"affinity", "train", "evaluate", "tables"}
+    assert plan(tau) == {"affinity", *AFTER_TRAINING}
 
     runs = train_runs(tmp_path)
     assert runs == {exp: 1 for exp in yaml.safe_load((REPO / "config.yaml").read_text())["experiments"]}
     flow = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "results/flow").iterdir()}
     rerun = snakemake(tmp_path, "--cores", "2", "--configfile", str(lr))
-    assert ran_rules(rerun) == {"train", "evaluate", "tables"}
+    assert ran_rules(rerun) == AFTER_TRAINING
     assert train_runs(tmp_path) == {exp: n + 1 for exp, n in runs.items()}  # a fresh run, not a resumed one
     assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "results/flow").iterdir()} == flow
     assert plan(lr) == set()
