@@ -7,7 +7,6 @@ import copy
 import io
 from typing import Any, Literal
 
-import numpy as np
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 

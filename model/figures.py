@@ -43,7 +43,7 @@ from model.evaluate import EvalFrames, EvaluateParams, load_trained, pad_batch  
 from model.network import TwoStreamCondInst  # noqa: E402
 from model.predict import blend_masks  # noqa: E402
 from model.tables import ROW_LABELS  # noqa: E402
-from model.train import write_bytes_atomic  # noqa: E402
+from pipeline.io import write_bytes_atomic  # noqa: E402
 from pipeline.io import params_from_json, setup_logging  # noqa: E402
 from pipeline.ytvis import read_frame  # noqa: E402
 

@@ -32,7 +32,7 @@ from tqdm import tqdm
 from model.data import resized_shape
 from model.evaluate import EvaluateParams, load_trained, pad_batch, to_coco_results
 from model.network import Detections, TwoStreamCondInst
-from model.train import write_bytes_atomic
+from pipeline.io import write_bytes_atomic
 from pipeline.flow import FlowParams, PairEstimator, encode_video, make_estimator, video_flow
 from pipeline.io import params_from_json, setup_logging, write_json_atomic
 

@@ -27,7 +27,6 @@ import logging
 import os
 import random
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -43,7 +42,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from model.data import FrameDataset, IterationBatchSampler, collate, worker_init
-from pipeline.io import params_from_json, setup_logging
+from pipeline.io import params_from_json, setup_logging, write_bytes_atomic
 
 log = logging.getLogger("mowis.train")
 
@@ -126,20 +125,6 @@ def unwrap(model: nn.Module) -> nn.Module:
 # Checkpoints: written to a temporary name and renamed, with a sha256 sidecar; `last` names the newest.
 
 CHECKPOINT_PREFIX = "ckpt_"
-
-
-def write_bytes_atomic(path: Path, data: bytes) -> None:
-    """Write `data` to `path` through a temporary file in the same folder, fsync and rename."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def checkpoint_path(ckpt_dir: Path, step: int) -> Path:

@@ -10,16 +10,14 @@ CLI: python -m pipeline.gma_checkpoint --dest weights/gma-sintel.pth [--url URL]
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import shutil
-import tempfile
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 from pipeline.flow import GMA_CHECKPOINTS, checkpoint_url, missing_checkpoint_message
-from pipeline.io import setup_logging
+from pipeline.io import atomic_file, setup_logging
 
 
 class CheckpointUnavailable(RuntimeError):
@@ -31,11 +29,9 @@ def fetch_checkpoint(url: str, dest: str | os.PathLike, timeout: float = 60.0) -
     from pipeline.gma import load_gma
     dest = Path(dest)
     by_hand = f"download {url} yourself and put it at {dest.resolve()}"
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
-    try:
+    with atomic_file(dest) as tmp:
         try:
-            with os.fdopen(fd, "wb") as f, urllib.request.urlopen(url, timeout=timeout) as response:
+            with open(tmp, "wb") as f, urllib.request.urlopen(url, timeout=timeout) as response:
                 shutil.copyfileobj(response, f)
         except (urllib.error.URLError, OSError) as err:
             raise CheckpointUnavailable(f"GMA checkpoint {dest.name}: could not download {url} "
@@ -45,10 +41,6 @@ def fetch_checkpoint(url: str, dest: str | os.PathLike, timeout: float = 60.0) -
         except (ValueError, FileNotFoundError) as err:
             raise CheckpointUnavailable(f"GMA checkpoint {dest.name} downloaded from {url} does not load "
                                         f"strictly into pipeline.gma.GMA: {err}; {by_hand}") from err
-        os.replace(tmp, dest)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
     return dest
 
 

@@ -17,14 +17,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import tempfile
 from dataclasses import dataclass
-from pathlib import Path
 
 import h5py
 import numpy as np
 
-from pipeline.io import setup_logging
+from pipeline.io import atomic_file, setup_logging
 from pipeline.ytvis import YtvisDataset, load_ytvis
 
 
@@ -93,23 +91,14 @@ def build_index(split: YtvisDataset, all_video_ids: list[int], shard_size: int,
 
 def write_index(index: FrameIndex, path: str | os.PathLike, attrs: dict[str, str | int]) -> None:
     """Write `index` to the h5 file `path` through a temporary file and a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
     strings = h5py.string_dtype("utf-8")
-    try:
-        with h5py.File(tmp, "w") as f:
-            for name, value in vars(index).items():
-                if isinstance(value, list):
-                    f.create_dataset(name, data=np.asarray(value, dtype=object), dtype=strings)
-                else:
-                    f.create_dataset(name, data=value)
-            f.attrs.update(attrs)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(path) as tmp, h5py.File(tmp, "w") as f:
+        for name, value in vars(index).items():
+            if isinstance(value, list):
+                f.create_dataset(name, data=np.asarray(value, dtype=object), dtype=strings)
+            else:
+                f.create_dataset(name, data=value)
+        f.attrs.update(attrs)
 
 
 def main(argv: list[str] | None = None) -> None:

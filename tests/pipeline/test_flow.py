@@ -17,7 +17,7 @@ import yaml
 import zarr
 
 from pipeline import flow
-from pipeline.flow import (DisEstimator, FlowParams, FlowStoreMismatch, GmaEstimator, encode_video, file_sha256,
+from pipeline.flow import (DisEstimator, FlowParams, FlowStoreMismatch, GmaEstimator, file_sha256,
                            make_estimator, open_flow_store, store_attributes, video_flow, write_shard)
 from pipeline.flow_codec import flow_to_rgb
 from pipeline.ytvis import load_ytvis
