@@ -41,7 +41,9 @@ rule train:
         "logs/train/{exp}.log",
     wildcard_constraints:
         exp="|".join(config["experiments"]) or "no-experiments",
-    threads: 2
+    # One thread per CPU job: on a small machine the experiments train side by side (the synthetic demo's
+    # two fill two cores); the profiles give GPU training its threads (workflow/profiles/).
+    threads: 1
     resources:
         gpu=0,
         mem_mb=8000,
