@@ -124,6 +124,25 @@ def to_coco_results(det: Detections, image_id: int, category_ids: list[int]) -> 
     return out
 
 
+def read_ground_truth(path: Path) -> dict[str, Any]:
+    """The image-level COCO ground truth at `path` (rule split's train_val_coco.json). No images or no
+    annotations raise naming the file: an AP over no ground truth would be a made-up number."""
+    try:
+        gt = json.loads(path.read_text())
+    except ValueError as err:
+        raise ValueError(f"{path}: not valid JSON ({err}); rerun rule split") from err
+    if not isinstance(gt, dict) or not all(isinstance(gt.get(k), list) for k in ("images", "annotations")):
+        raise ValueError(f"{path}: expected COCO ground truth with 'images' and 'annotations' lists; "
+                         f"rerun rule split")
+    if not gt["images"]:
+        raise ValueError(f"{path}: no images: the train_val split is empty, there is nothing to evaluate "
+                         f"(check the dataset and split.videos_per_class)")
+    if not gt["annotations"]:
+        raise ValueError(f"{path}: {len(gt['images'])} images but no annotations: without ground truth every "
+                         f"AP would be undefined; the train_val videos have no masks")
+    return gt
+
+
 def load_trained(checkpoint: Path, device: str) -> tuple[TwoStreamCondInst, list[int]]:
     """The trained network in eval mode and its class → dataset category id list, from `final.pt`."""
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)
@@ -175,8 +194,8 @@ def main(argv: list[str] | None = None) -> None:
     log = setup_logging()
     params = params_from_json(EvaluateParams, args.params, "evaluate")
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    gt = read_ground_truth(args.gt)
     model, category_ids = load_trained(args.checkpoint, device)
-    gt = json.loads(args.gt.read_text())
     image_ids = {(img["video_id"], img["frame_index"]): img["id"] for img in gt["images"]}
     frames = EvalFrames(args.index, args.frames, args.flow if model.params.two_stream else None,
                         params.min_size, params.max_size)
@@ -188,7 +207,7 @@ def main(argv: list[str] | None = None) -> None:
                "bbox": evaluate_results(coco_gt, results, "bbox")}
     write_json_atomic(args.results, results, indent=None)
     write_json_atomic(args.out, metrics)
-    log.info("%s: mask AP %.1f, box AP %.1f on %d frames", args.experiment, metrics["segm"]["AP"],
+    log.info("%s: mask AP %s, box AP %s on %d frames", args.experiment, metrics["segm"]["AP"],
              metrics["bbox"]["AP"], len(frames))
 
 

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pycocotools.mask as mask_utils
 import pytest
 
 from model.coco_eval import evaluate_results, load_coco
+from model.evaluate import read_ground_truth
 
 
 def _rle(mask: np.ndarray) -> dict:
@@ -44,7 +48,7 @@ def test_ground_truth_as_predictions_scores_100(iou_type: str) -> None:
     m = evaluate_results(load_coco(gt), _as_results(gt), iou_type)
     assert m["AP"] == pytest.approx(100.0) and m["AP50"] == pytest.approx(100.0)
     assert m["APm"] == pytest.approx(100.0)
-    assert m["APs"] == 0.0 and m["APl"] == 0.0  # no small or large objects: pycocotools gives -1 → 0
+    assert m["APs"] is None and m["APl"] is None  # no small or large objects: pycocotools' -1, not a score
     assert m["per_class"] == {"cat": pytest.approx(100.0), "dog": pytest.approx(100.0)}
 
 
@@ -68,6 +72,46 @@ def test_known_ap_from_iou_between_thresholds() -> None:
     assert m["AP"] == pytest.approx(70.0) and m["AP50"] == pytest.approx(100.0) and m["AP75"] == pytest.approx(50.0)
 
 
-def test_no_detections_gives_zeros() -> None:
-    m = evaluate_results(load_coco(_gt()), [], "segm")
-    assert m["AP"] == 0.0 and m["num_detections"] == 0 and m["per_class"]["dog"] == 0.0
+@pytest.mark.parametrize("iou_type", ["segm", "bbox"])
+def test_no_detections_score_zero_only_where_there_is_ground_truth(iou_type: str) -> None:
+    """Both objects are medium and both missed: AP, AP50, AP75, APm and both classes 0; APs, APl undefined."""
+    gt = _gt()
+    gt["categories"].append({"id": 3, "name": "bird"})  # a class with no ground truth in the split
+    m = evaluate_results(load_coco(gt), [], iou_type)
+    assert {k: m[k] for k in ("AP", "AP50", "AP75", "APs", "APm", "APl")} == {
+        "AP": 0.0, "AP50": 0.0, "AP75": 0.0, "APs": None, "APm": 0.0, "APl": None}
+    assert m["per_class"] == {"cat": 0.0, "dog": 0.0, "bird": None} and m["num_detections"] == 0
+    assert json.loads(json.dumps(m))["APs"] is None  # null in metrics.json, not -1 or 0.0
+
+
+def test_undefined_sizes_stay_null_with_detections() -> None:
+    """A small cat (20x20 = 400 px < 32²) and a medium dog (70x70 = 4900 px, between 32² and 96²), both found
+    exactly: APs and APm are 100; there is no large object, so APl stays None."""
+    h = w = 100
+    anns = [{"id": 1, "image_id": 1, "category_id": 1, "iscrowd": 0, "bbox": [5.0, 5.0, 20.0, 20.0],
+             "area": 400.0, "segmentation": _rle(_box_mask(h, w, 5, 5, 20, 20))},
+            {"id": 2, "image_id": 1, "category_id": 2, "iscrowd": 0, "bbox": [25.0, 25.0, 70.0, 70.0],
+             "area": 4900.0, "segmentation": _rle(_box_mask(h, w, 25, 25, 70, 70))}]
+    gt = {"images": [{"id": 1, "width": w, "height": h}], "annotations": anns,
+          "categories": [{"id": 1, "name": "cat"}, {"id": 2, "name": "dog"}]}
+    m = evaluate_results(load_coco(gt), _as_results(gt), "segm")
+    assert m["APs"] == pytest.approx(100.0) and m["APm"] == pytest.approx(100.0) and m["APl"] is None
+
+
+def test_ground_truth_without_images_or_annotations_is_an_error(tmp_path: Path) -> None:
+    path = tmp_path / "train_val_coco.json"
+    gt = _gt()
+    path.write_text(json.dumps(dict(gt, images=[], annotations=[])))
+    with pytest.raises(ValueError, match=f"{path}: no images: the train_val split is empty"):
+        read_ground_truth(path)
+    path.write_text(json.dumps(dict(gt, annotations=[])))
+    with pytest.raises(ValueError, match=f"{path}: 2 images but no annotations"):
+        read_ground_truth(path)
+    path.write_text(json.dumps({"images": gt["images"]}))
+    with pytest.raises(ValueError, match=f"{path}: expected COCO ground truth"):
+        read_ground_truth(path)
+    path.write_text("{")
+    with pytest.raises(ValueError, match=f"{path}: not valid JSON"):
+        read_ground_truth(path)
+    path.write_text(json.dumps(gt))
+    assert read_ground_truth(path) == gt

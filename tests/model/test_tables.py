@@ -55,3 +55,14 @@ def test_table3_per_class_and_cli(tmp_path: Path) -> None:
     assert sorted(p.name for p in out.iterdir()) == sorted(f"table{i}.{e}" for i in range(1, 5) for e in ("md", "csv"))
     table3 = (out / "table3.md").read_text().splitlines()
     assert "| cat | 10.0 | 12.0 |" in table3 and "| dog | – | – |" in table3
+
+
+def test_undefined_ap_is_a_dash_not_a_number() -> None:
+    """APs null in metrics.json (no small objects in the split): '–' in the markdown, empty in the CSV."""
+    ours = _metrics("ours", 12.0, 21.0)
+    ours["bbox"]["APs"] = None
+    files = build_tables([_metrics("boxinst", 10.0, 20.0), ours], EXPERIMENTS)
+    line = [l for l in files["table4.md"].splitlines() if l.startswith("| detection fusion: sum")][0]
+    assert line.split(" | ")[2:6] == ["21.0 (38.4)", "41.0 (55.6)", "20.0 (40.8)", "– (9.2)"]
+    header, first = files["table4.csv"].splitlines()[:2]
+    assert dict(zip(header.split(","), first.split(",")))["ours bbox APs"] == ""
