@@ -4,6 +4,11 @@ This is the only module that knows the field names of the YouTube-VIS json. `loa
 the stages use and raises `YtvisError` naming the file, the video/annotation/category id and the field.
 RLE is checked cheaply here (counts type and alphabet, size, sum of uncompressed counts); compressed counts
 are fully decoded only where they are used (`compressed_rle_stats`, called by `pipeline.split.to_coco`).
+Absurd input is refused too, never passed on: frame sides above MAX_SIDE, ids outside [0, MAX_ID] (int64),
+NaN or infinite numbers (json reads NaN, Infinity and 1e400; every numeric field checks finiteness), nesting
+deeper than the json parser allows, boxes outside the frame, areas above h*w, file and class names that are
+not plain UTF-8 text (tests/pipeline/test_ytvis_fuzz.py mutates a valid file at random and checks that
+nothing but YtvisError comes out).
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import json
 import math
 import os
 import posixpath
+import unicodedata
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +32,13 @@ from tqdm import tqdm
 from pipeline.io import write_json_atomic
 
 FRAMES_DIR = "JPEGImages"
+# The largest frame side accepted. YouTube-VIS frames are at most 1280x720 and 8K video is 7680x4320; a
+# 16384² frame still keeps a mask's h*w (2.7e8) far inside pycocotools' 32-bit run lengths.
+MAX_SIDE = 16384
+MAX_ID = 2**63 - 1  # ids are stored as int64 in the frame index (pipeline/index.py)
+BOX_SLACK = 1.0  # pixels a box may reach beyond the frame (tools that write x_max + 1, or round)
+NAME_MAX_BYTES = 255  # longest file name component on Linux and macOS file systems (NAME_MAX)
+PATH_MAX_BYTES = 1024  # longest relative frame path accepted
 
 BoxXYWH = tuple[float, float, float, float]
 
@@ -124,26 +137,59 @@ def _field(raw: Mapping, key: str, file: Path, item: str) -> Any:
         raise YtvisError(file, item, key, "missing key") from None
 
 
-def _int(value: Any, file: Path, item: str, key: str, positive: bool = False) -> int:
-    """An integer (not bool); with positive=True, > 0."""
+def _int(value: Any, file: Path, item: str, key: str, low: int, high: int) -> int:
+    """An integer (not bool) in [low, high]."""
     if type(value) is not int:
-        raise YtvisError(file, item, key, f"expected an integer, got {value!r}")
-    if positive and value <= 0:
-        raise YtvisError(file, item, key, f"expected a positive integer, got {value}")
+        raise YtvisError(file, item, key, f"expected an integer, got {_short(value)}")
+    if not low <= value <= high:
+        raise YtvisError(file, item, key, f"expected an integer in [{low}, {high}], got {_short(value)}")
+    return value
+
+
+def _id(value: Any, file: Path, item: str, key: str) -> int:
+    """An id: an integer in [0, MAX_ID] (int64; not negative, not bool)."""
+    return _int(value, file, item, key, 0, MAX_ID)
+
+
+def _side(value: Any, file: Path, item: str, key: str) -> int:
+    """A frame width or height: an integer in [1, MAX_SIDE]."""
+    return _int(value, file, item, key, 1, MAX_SIDE)
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    """repr of a value for an error message, cut to `limit` characters (input may be huge)."""
+    text = repr(value) if not isinstance(value, int) or abs(value) < 10**limit else f"an integer of {limit}+ digits"
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+# Unicode categories that are not text: controls (incl. NUL), format (e.g. right-to-left override), lone
+# surrogates (not UTF-8), private use, unassigned, line and paragraph separators.
+_NOT_TEXT = {"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"}
+
+
+def _text(value: Any, file: Path, item: str, key: str, empty: bool = False) -> str:
+    """A string of plain UTF-8 text (no control, format or surrogate characters); non-empty unless `empty`."""
+    if type(value) is not str or not (value or empty):
+        raise YtvisError(file, item, key, f"expected a{'' if empty else ' non-empty'} string, got {_short(value)}")
+    if not (value.isascii() and value.isprintable()) and any(unicodedata.category(c) in _NOT_TEXT for c in value):
+        raise YtvisError(file, item, key, f"{_short(value)} holds control, format or surrogate characters")
     return value
 
 
 def _safe_file_name(name: Any, file: Path, item: str, key: str) -> str:
-    """A relative POSIX path that stays inside the frames folder (no absolute path, no '..', no backslash)."""
-    if type(name) is not str or not name:
-        raise YtvisError(file, item, key, f"expected a non-empty relative path, got {name!r}")
+    """A relative POSIX path that stays inside the frames folder (no absolute path, no '..', no backslash),
+    printable UTF-8 text no longer than the file system allows (components NAME_MAX_BYTES, all PATH_MAX_BYTES)."""
+    _text(name, file, item, key)
     if name.startswith(("/", "\\")) or "\\" in name or (len(name) > 1 and name[1] == ":"):
-        raise YtvisError(file, item, key, f"{name!r} is absolute or not a POSIX path; file names must be "
+        raise YtvisError(file, item, key, f"{_short(name)} is absolute or not a POSIX path; file names must be "
                                           f"relative to {FRAMES_DIR}/ and stay inside the dataset root")
     parts = name.split("/")
     if ".." in parts or "." in parts or "" in parts:
-        raise YtvisError(file, item, key, f"{name!r} has a '..', '.' or empty component; file names must stay "
-                                          f"inside {FRAMES_DIR}/ of the dataset root")
+        raise YtvisError(file, item, key, f"{_short(name)} has a '..', '.' or empty component; file names must "
+                                          f"stay inside {FRAMES_DIR}/ of the dataset root")
+    if len(name.encode()) > PATH_MAX_BYTES or max(len(p.encode()) for p in parts) > NAME_MAX_BYTES:
+        raise YtvisError(file, item, key, f"{_short(name)} is too long (at most {PATH_MAX_BYTES} bytes, "
+                                          f"{NAME_MAX_BYTES} per folder or file name)")
     return name
 
 
@@ -161,7 +207,7 @@ def _rle(seg: Any, height: int, width: int, file: Path, item: str, key: str) -> 
     if size is None or counts is None:
         raise YtvisError(file, item, key, "RLE needs 'size' and 'counts'")
     if size != [height, width]:
-        raise YtvisError(file, item, key, f"RLE size {size} differs from the video's [height, width] "
+        raise YtvisError(file, item, key, f"RLE size {_short(size)} differs from the video's [height, width] "
                                           f"[{height}, {width}]")
     if type(counts) is str:
         try:
@@ -172,35 +218,39 @@ def _rle(seg: Any, height: int, width: int, file: Path, item: str, key: str) -> 
             raise YtvisError(file, item, key, "compressed RLE counts are not a valid pycocotools string")
         return Rle((height, width), counts)
     if type(counts) is list:
-        try:
-            total = sum(counts)
-        except TypeError:
-            raise YtvisError(file, item, key, "uncompressed RLE counts must be integers") from None
-        if type(total) is not int or (counts and min(counts) < 0):
+        if not set(map(type, counts)) <= {int} or (counts and min(counts) < 0):  # bool is not int here
             raise YtvisError(file, item, key, "uncompressed RLE counts must be non-negative integers")
+        total = sum(counts)
         if total != height * width:
-            raise YtvisError(file, item, key, f"uncompressed RLE counts sum to {total}, expected "
+            raise YtvisError(file, item, key, f"uncompressed RLE counts sum to {_short(total)}, expected "
                                               f"height*width = {height * width}")
         return Rle((height, width), counts)
     raise YtvisError(file, item, key, f"RLE counts must be a string or a list, got {type(counts).__name__}")
 
 
-def _box(box: Any, file: Path, item: str, key: str) -> BoxXYWH:
-    """[x, y, w, h] with finite numbers and w, h >= 0."""
+def _number(value: Any) -> bool:
+    """Whether `value` is a finite int or float (not bool); huge ints are finite but compared, not converted."""
+    return type(value) is int or (type(value) is float and math.isfinite(value))
+
+
+def _box(box: Any, height: int, width: int, file: Path, item: str, key: str) -> BoxXYWH:
+    """[x, y, w, h] with finite numbers, w, h >= 0, inside the (height, width) frame up to BOX_SLACK pixels."""
     if type(box) is not list or len(box) != 4:
-        raise YtvisError(file, item, key, f"expected [x, y, w, h], got {box!r}")
-    for v in box:
-        if type(v) not in (int, float) or not math.isfinite(v):
-            raise YtvisError(file, item, key, f"expected finite numbers in [x, y, w, h], got {box!r}")
-    if box[2] < 0 or box[3] < 0:
-        raise YtvisError(file, item, key, f"negative box width or height in {box!r}")
-    return (box[0], box[1], box[2], box[3])
+        raise YtvisError(file, item, key, f"expected [x, y, w, h], got {_short(box)}")
+    if not all(_number(v) for v in box):
+        raise YtvisError(file, item, key, f"expected finite numbers in [x, y, w, h], got {_short(box)}")
+    x, y, w, h = box
+    if w < 0 or h < 0:
+        raise YtvisError(file, item, key, f"negative box width or height in {_short(box)}")
+    if x < -BOX_SLACK or y < -BOX_SLACK or x + w > width + BOX_SLACK or y + h > height + BOX_SLACK:
+        raise YtvisError(file, item, key, f"box {_short(box)} lies outside the {width}x{height} frame")
+    return (x, y, w, h)
 
 
-def _area(area: Any, file: Path, item: str, key: str) -> float:
-    """A finite, non-negative number."""
-    if type(area) not in (int, float) or not math.isfinite(area) or area < 0:
-        raise YtvisError(file, item, key, f"expected a non-negative number, got {area!r}")
+def _area(area: Any, height: int, width: int, file: Path, item: str, key: str) -> float:
+    """A finite number in [0, height*width] (a mask's pixel count)."""
+    if not _number(area) or not 0 <= area <= height * width:
+        raise YtvisError(file, item, key, f"expected a pixel count in [0, {height * width}], got {_short(area)}")
     return area
 
 
@@ -210,23 +260,21 @@ def _area(area: Any, file: Path, item: str, key: str) -> float:
 def _category(raw: Any, file: Path, index: int) -> Category:
     """One categories[] entry."""
     item = f"categories[{index}]"
-    cid = _int(_field(raw, "id", file, item), file, item, "id")
+    cid = _id(_field(raw, "id", file, item), file, item, "id")
     item = f"category {cid}"
-    name = _field(raw, "name", file, item)
-    if type(name) is not str or not name:
-        raise YtvisError(file, item, "name", f"expected a non-empty string, got {name!r}")
-    supercategory = raw.get("supercategory", "")
-    return Category(cid, name, supercategory if isinstance(supercategory, str) else str(supercategory))
+    name = _text(_field(raw, "name", file, item), file, item, "name")
+    supercategory = _text(raw.get("supercategory", ""), file, item, "supercategory", empty=True)
+    return Category(cid, name, supercategory)
 
 
 def _video(raw: Any, file: Path, index: int) -> Video:
     """One videos[] entry: positive sizes, length == len(file_names), safe and distinct file names."""
     item = f"videos[{index}]"
-    vid = _int(_field(raw, "id", file, item), file, item, "id")
+    vid = _id(_field(raw, "id", file, item), file, item, "id")
     item = f"video {vid}"
-    width = _int(_field(raw, "width", file, item), file, item, "width", positive=True)
-    height = _int(_field(raw, "height", file, item), file, item, "height", positive=True)
-    length = _int(_field(raw, "length", file, item), file, item, "length", positive=True)
+    width = _side(_field(raw, "width", file, item), file, item, "width")
+    height = _side(_field(raw, "height", file, item), file, item, "height")
+    length = _int(_field(raw, "length", file, item), file, item, "length", 1, MAX_ID)
     names = _field(raw, "file_names", file, item)
     if type(names) is not list:
         raise YtvisError(file, item, "file_names", f"expected a list, got {type(names).__name__}")
@@ -242,20 +290,20 @@ def _video(raw: Any, file: Path, index: int) -> Video:
 def _track(raw: Any, file: Path, index: int, videos: Mapping[int, Video], category_ids: set[int]) -> Track:
     """One annotations[] entry: known video and category, per-frame lists of the video's length, nulls aligned."""
     item = f"annotations[{index}]"
-    aid = _int(_field(raw, "id", file, item), file, item, "id")
+    aid = _id(_field(raw, "id", file, item), file, item, "id")
     item = f"annotation {aid}"
-    vid = _int(_field(raw, "video_id", file, item), file, item, "video_id")
+    vid = _id(_field(raw, "video_id", file, item), file, item, "video_id")
     video = videos.get(vid)
     if video is None:
         raise YtvisError(file, item, "video_id", f"no video has id {vid}")
     item = f"annotation {aid} (video {vid})"
-    cid = _int(_field(raw, "category_id", file, item), file, item, "category_id")
+    cid = _id(_field(raw, "category_id", file, item), file, item, "category_id")
     if cid not in category_ids:
         raise YtvisError(file, item, "category_id", f"unknown category id {cid}; categories[] has "
                                                     f"{sorted(category_ids)}")
     iscrowd = _field(raw, "iscrowd", file, item)
     if iscrowd not in (0, 1) or type(iscrowd) is not int:
-        raise YtvisError(file, item, "iscrowd", f"expected 0 or 1, got {iscrowd!r}")
+        raise YtvisError(file, item, "iscrowd", f"expected 0 or 1, got {_short(iscrowd)}")
     lists = {}
     for key in ("segmentations", "bboxes", "areas"):
         value = _field(raw, key, file, item)
@@ -266,7 +314,7 @@ def _track(raw: Any, file: Path, index: int, videos: Mapping[int, Video], catego
         lists[key] = value
     for key in ("height", "width"):
         if key in raw and raw[key] != getattr(video, key):
-            raise YtvisError(file, item, key, f"{raw[key]!r} differs from video {vid}'s {getattr(video, key)}")
+            raise YtvisError(file, item, key, f"{_short(raw[key])} differs from video {vid}'s {getattr(video, key)}")
     h, w = video.height, video.width
     segs: list[Rle | None] = []
     boxes: list[BoxXYWH | None] = []
@@ -282,8 +330,8 @@ def _track(raw: Any, file: Path, index: int, videos: Mapping[int, Video], catego
             key = "bboxes" if box is None else "areas"
             raise YtvisError(file, item, f"{key}[{t}]", "null where segmentations[t] is present")
         segs.append(_rle(seg, h, w, file, item, f"segmentations[{t}]"))
-        boxes.append(_box(box, file, item, f"bboxes[{t}]"))
-        areas.append(_area(area, file, item, f"areas[{t}]"))
+        boxes.append(_box(box, h, w, file, item, f"bboxes[{t}]"))
+        areas.append(_area(area, h, w, file, item, f"areas[{t}]"))
     return Track(aid, vid, cid, iscrowd, tuple(segs), tuple(boxes), tuple(areas))
 
 
@@ -328,7 +376,11 @@ def load_ytvis(root: str | os.PathLike, annotation_file: str | os.PathLike = "tr
             raw = json.load(f)
     except FileNotFoundError:
         raise YtvisError(file, "dataset", "-", "annotation file does not exist") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    except OSError as e:
+        raise YtvisError(file, "dataset", "-", f"cannot read the annotation file ({e})") from None
+    except RecursionError:
+        raise YtvisError(file, "dataset", "-", "not valid JSON: nested deeper than the parser allows") from None
+    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError, integers of 4300+ digits
         raise YtvisError(file, "dataset", "-", f"not valid JSON ({e})") from None
     if not isinstance(raw, dict):
         raise YtvisError(file, "dataset", "-", f"expected a JSON object, got {type(raw).__name__}")

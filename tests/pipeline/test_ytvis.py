@@ -137,6 +137,41 @@ MALFORMED = {
                                "bboxes[0]"),
     "negative area": (lambda d: ann(d, 1000)["areas"].__setitem__(0, -5), "annotation 1000", "areas[0]"),
     "iscrowd not 0/1": (_set([("ann", 1011), "iscrowd"], 2), "annotation 1011", "iscrowd"),
+    # Absurd sizes, ids and numbers.
+    "width of a million": (_set([("video", 108), "width"], 10**6), "video 108", "width"),
+    "height just above MAX_SIDE": (_set([("video", 108), "height"], ytvis.MAX_SIDE + 1), "video 108", "height"),
+    "video id beyond int64": (_set([("video", 108), "id"], 2**70), "videos[", "id"),
+    "negative annotation id": (_set([("ann", 1011), "id"], -3), "annotations[", "id"),
+    "bool video id": (_set([("video", 108), "id"], True), "videos[", "id"),
+    "bool category id": (_set([("ann", 1011), "category_id"], True), "annotation 1011", "category_id"),
+    "video_id beyond int64": (_set([("ann", 1011), "video_id"], 2**64), "annotation 1011", "video_id"),
+    "NaN in a box": (lambda d: ann(d, 1000)["bboxes"][0].__setitem__(1, float("nan")), "annotation 1000",
+                     "bboxes[0]"),
+    "infinite area": (lambda d: ann(d, 1000)["areas"].__setitem__(0, float("inf")), "annotation 1000", "areas[0]"),
+    "NaN width": (_set([("video", 108), "width"], float("nan")), "video 108", "width"),
+    "huge integer box": (lambda d: ann(d, 1000)["bboxes"].__setitem__(0, [10**400, 0, 1, 1]), "annotation 1000",
+                         "bboxes[0]"),
+    "huge integer area": (lambda d: ann(d, 1000)["areas"].__setitem__(0, 10**400), "annotation 1000", "areas[0]"),
+    "area above h*w": (lambda d: ann(d, 1000)["areas"].__setitem__(0, 24 * 32 + 1), "annotation 1000",
+                       "areas[0]"),
+    "box past the right edge": (lambda d: ann(d, 1000)["bboxes"].__setitem__(0, [20.0, 0.0, 14.0, 5.0]),
+                                "annotation 1000", "bboxes[0]"),
+    "box above the frame": (lambda d: ann(d, 1000)["bboxes"].__setitem__(0, [0.0, -1.5, 4.0, 5.0]),
+                            "annotation 1000", "bboxes[0]"),
+    "RLE list with a bool": (_seg(1000, 0, {"size": [24, 32], "counts": [767, True]}), "annotation 1000",
+                             "segmentations[0]"),
+    "RLE size of junk": (lambda d: _present_seg(d).__setitem__("size", [[[]]] * 3), "annotation 1000",
+                         "segmentations[0]"),
+    "NUL in a file name": (lambda d: video(d, 108)["file_names"].__setitem__(1, "vid001ab/00\x005.jpg"),
+                           "video 108", "file_names[1]"),
+    "lone surrogate in a file name": (lambda d: video(d, 108)["file_names"].__setitem__(1, "vid001ab/\ud800.jpg"),
+                                      "video 108", "file_names[1]"),
+    "file name component too long": (lambda d: video(d, 108)["file_names"].__setitem__(1, "a" * 252 + ".jpg"),
+                                     "video 108", "file_names[1]"),
+    "right-to-left override in a class name": (lambda d: d["categories"][1].__setitem__("name", "gpj.\u202ecat"),
+                                               "category 2", "name"),
+    "supercategory not a string": (lambda d: d["categories"][1].__setitem__("supercategory", 5), "category 2",
+                                   "supercategory"),
 }
 
 
@@ -153,6 +188,52 @@ def test_malformed_input_names_file_item_and_field(make_ytvis, name):
     assert item in err.item, (err.item, str(err))
     assert field in err.field or field == err.field, (err.field, str(err))
     assert f"'{err.field}'" in str(err) and err.item in str(err)
+
+
+def test_absurd_json_text_is_refused_naming_the_file(make_ytvis):
+    """What never gets to a field: nesting deeper than the parser allows, an integer of 5000 digits."""
+    root = make_ytvis(videos=2, frames=3)
+    text = (root / "train.json").read_text()
+    cases = {"nested": text[:-1] + ', "info": ' + "[" * 100_000 + "]" * 100_000 + "}",
+             "nested object": "{" + '"a": {' * 50_000 + "}" * 50_001,
+             "5000 digits": text.replace('"id": 101', '"id": 1' + "0" * 5000, 1)}
+    for name, bad in cases.items():
+        path = root / f"{name}.json"
+        path.write_text(bad)
+        with pytest.raises(YtvisError, match="not valid JSON") as info:
+            load_ytvis(root, path.name)
+        assert info.value.file == str(path) and info.value.item == "dataset", name
+    with pytest.raises(YtvisError, match="cannot read the annotation file"):
+        load_ytvis(root, ".")  # a folder
+
+
+def test_edge_values_still_load(make_ytvis):
+    """Limits are inclusive: ids 0 and 2**63 - 1, a box on the frame edge and one pixel past it, area h*w,
+    a non-ASCII file name with spaces, sides of MAX_SIDE."""
+    root = make_ytvis(videos=2, frames=3)
+
+    def change(data):
+        track = ann(data, 1000)
+        track["bboxes"][0], track["bboxes"][1] = [0, 0, 32, 24], [-1.0, -1.0, 34.0, 26.0]
+        track["areas"][0] = 24 * 32
+        track["id"] = 0
+        for a in data["annotations"]:
+            if a["video_id"] == 108:
+                a["video_id"] = 2**63 - 1
+        video(data, 108)["id"] = 2**63 - 1
+        video(data, 101)["file_names"][0] = "vidé/00000 — 1.jpg"
+
+    def widen(data):
+        for record in data["videos"] + data["annotations"]:
+            record["width"] = record["height"] = ytvis.MAX_SIDE
+
+    edit(root, change)
+    ds = load_ytvis(root, check_files=False)
+    assert ds.tracks[0].id == 0 and ds.tracks[0].bboxes_xywh[:2] == ((0, 0, 32, 24), (-1.0, -1.0, 34.0, 26.0))
+    assert ds.video_by_id[2**63 - 1].length == 3 and ds.video_by_id[101].file_names[0] == "vidé/00000 — 1.jpg"
+    edit(root, widen)
+    with pytest.raises(YtvisError, match=r"field 'segmentations\[\d\]': RLE size"):  # the sides pass
+        load_ytvis(root, check_files=False)
 
 
 def test_missing_frame_file_is_named(make_ytvis):
