@@ -242,7 +242,9 @@ def _box(box: Any, height: int, width: int, file: Path, item: str, key: str) -> 
     x, y, w, h = box
     if w < 0 or h < 0:
         raise YtvisError(file, item, key, f"negative box width or height in {_short(box)}")
-    if x < -BOX_SLACK or y < -BOX_SLACK or x + w > width + BOX_SLACK or y + h > height + BOX_SLACK:
+    # Compared before any sum: a huge int plus a float would overflow.
+    if (not all(-BOX_SLACK <= v <= MAX_SIDE + BOX_SLACK for v in box)
+            or x + w > width + BOX_SLACK or y + h > height + BOX_SLACK):
         raise YtvisError(file, item, key, f"box {_short(box)} lies outside the {width}x{height} frame")
     return (x, y, w, h)
 

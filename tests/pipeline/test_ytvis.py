@@ -149,8 +149,8 @@ MALFORMED = {
                      "bboxes[0]"),
     "infinite area": (lambda d: ann(d, 1000)["areas"].__setitem__(0, float("inf")), "annotation 1000", "areas[0]"),
     "NaN width": (_set([("video", 108), "width"], float("nan")), "video 108", "width"),
-    "huge integer box": (lambda d: ann(d, 1000)["bboxes"].__setitem__(0, [10**400, 0, 1, 1]), "annotation 1000",
-                         "bboxes[0]"),
+    "huge integer box": (lambda d: ann(d, 1000)["bboxes"].__setitem__(0, [10**400, 0.0, 1.0, 1.0]),
+                         "annotation 1000", "bboxes[0]"),  # x + w would overflow converting to float
     "huge integer area": (lambda d: ann(d, 1000)["areas"].__setitem__(0, 10**400), "annotation 1000", "areas[0]"),
     "area above h*w": (lambda d: ann(d, 1000)["areas"].__setitem__(0, 24 * 32 + 1), "annotation 1000",
                        "areas[0]"),
