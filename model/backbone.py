@@ -13,6 +13,8 @@ import torchvision
 from torch import Tensor, nn
 from torchvision.ops.misc import FrozenBatchNorm2d
 
+from pipeline.torch_files import TorchFileError, describe_mismatch, read_state_dict
+
 Depth = Literal["resnet18", "resnet34", "resnet50", "resnet101"]
 
 # ImageNet statistics for RGB in [0, 255] (torchvision's weights were trained with these on [0, 1]).
@@ -49,36 +51,23 @@ def _imagenet_state_dict(depth: Depth) -> dict[str, Tensor]:
             f"the file at {path} (or set model.weights to a local path, or null)") from err
 
 
-def _local_state_dict(path: str) -> dict[str, Tensor]:
-    """A state dict saved with torch.save, read with weights_only=True; a `state_dict` wrapper is unwrapped."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"model.weights: {path} is not a file (expected a torchvision ResNet "
-                                f"state dict, 'imagenet' or null)")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict):
-        raise ValueError(f"model.weights: {path} holds a {type(state).__name__}, expected a state dict")
-    return state
+def _expected(depth: Depth) -> str:
+    """What a model.weights file must hold, for error messages."""
+    return (f"model.weights: a torchvision {depth} state dict (torch.save(torchvision.models.{depth}(weights=...)"
+            f".state_dict(), path)), 'imagenet' or null")
 
 
-def check_and_load(net: nn.Module, state: dict[str, Tensor], where: str) -> None:
-    """Load `state` into `net` exactly (fc.* and num_batches_tracked ignored); list every mismatch."""
+def check_and_load(net: nn.Module, state: dict[str, Tensor], where: str, expected: str) -> None:
+    """Load `state` into `net` exactly (fc.* and num_batches_tracked ignored); a mismatch raises TorchFileError
+    listing the missing, unexpected and wrongly shaped keys, `where` (the source) and `expected`."""
     def kept(key: str) -> bool:
         return not key.startswith("fc.") and not key.endswith("num_batches_tracked")
 
     own = {k: v for k, v in net.state_dict().items() if kept(k)}
     given = {k: v for k, v in state.items() if kept(k)}
-    missing = sorted(set(own) - set(given))
-    unexpected = sorted(set(given) - set(own))
-    wrong = sorted(f"{k}: file {tuple(given[k].shape)} vs model {tuple(own[k].shape)}"
-                   for k in set(own) & set(given) if tuple(given[k].shape) != tuple(own[k].shape))
-    if missing or unexpected or wrong:
-        parts = []
-        for name, items in (("missing", missing), ("unexpected", unexpected), ("wrongly shaped", wrong)):
-            if items:
-                parts.append(f"{len(items)} {name}: {items[:10]}")
-        raise KeyError(f"{where}: state dict does not match the backbone; " + "; ".join(parts))
+    mismatch = describe_mismatch(own, given)
+    if mismatch is not None:
+        raise TorchFileError(f"{where}: state dict does not match the backbone: {mismatch}; expected {expected}")
     net.load_state_dict(given, strict=False)  # strictness checked above; fc.* and counters were dropped
 
 
@@ -104,9 +93,10 @@ class ResNetBackbone(nn.Module):
         norm = FrozenBatchNorm2d if pretrained else functools.partial(nn.GroupNorm, SCRATCH_GROUPS)
         net = _BUILDERS[depth][0](weights=None, norm_layer=norm)
         if weights == "imagenet":
-            check_and_load(net, _imagenet_state_dict(depth), f"torchvision {depth} ImageNet weights")
+            check_and_load(net, _imagenet_state_dict(depth), f"torchvision {depth} ImageNet weights",
+                           _expected(depth))
         elif weights is not None:
-            check_and_load(net, _local_state_dict(weights), f"model.weights {weights}")
+            check_and_load(net, read_state_dict(weights, _expected(depth)), weights, _expected(depth))
         self.stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)
         self.layer1, self.layer2, self.layer3, self.layer4 = net.layer1, net.layer2, net.layer3, net.layer4
         for frozen in (self.stem, self.layer1) if pretrained else ():

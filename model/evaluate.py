@@ -29,6 +29,7 @@ from model.coco_eval import evaluate_results, load_coco
 from model.data import SIZE_DIVISIBILITY, resized_shape
 from model.network import Detections, ModelParams, TwoStreamCondInst
 from pipeline.io import params_from_json, setup_logging, write_json_atomic
+from pipeline.torch_files import TorchFileError, as_state_dict, describe_mismatch, load_torch_file
 from pipeline.ytvis import read_frame
 
 
@@ -143,16 +144,69 @@ def read_ground_truth(path: Path) -> dict[str, Any]:
     return gt
 
 
+FINAL_EXPECTED = "a mowis final checkpoint (results/train/<exp>/final.pt, written by rule train)"
+
+
+@dataclass(frozen=True)
+class Final:
+    """The checked contents of a final.pt: class c is category category_ids[c], named category_names[c]."""
+
+    model: dict[str, torch.Tensor]  # state dict of TwoStreamCondInst
+    params: ModelParams
+    category_ids: list[int]
+    category_names: list[str]
+
+
+def read_final(checkpoint: Path) -> Final:
+    """Read and check a `final.pt` (weights_only); a missing file raises FileNotFoundError, any other wrong
+    file (not a torch file, a training checkpoint, a field missing or of the wrong type) TorchFileError, both
+    naming the file and what it should be."""
+    state = load_torch_file(checkpoint, FINAL_EXPECTED)
+
+    def wrong(problem: str) -> TorchFileError:
+        return TorchFileError(f"{checkpoint}: {problem}; expected {FINAL_EXPECTED}")
+
+    if not isinstance(state, dict):
+        raise wrong(f"holds a {type(state).__name__}, not a dict")
+    missing = [k for k in ("model", "model_params", "num_classes", "category_ids") if k not in state]
+    if missing:
+        raise wrong(f"no {', '.join(map(repr, missing))} (it has {sorted(map(str, state))[:10]}: a training "
+                    f"checkpoint or another file, not a final one; rerun rule train)")
+    num_classes = state["num_classes"]
+    if type(num_classes) is not int or num_classes < 1:
+        raise wrong(f"num_classes is {str(num_classes)[:80]}, expected a positive integer")
+    ids, names = state["category_ids"], state.get("category_names")
+    if not isinstance(ids, list) or len(ids) != num_classes or any(type(c) is not int for c in ids):
+        raise wrong(f"category_ids is not a list of {num_classes} integers (num_classes)")
+    if names is not None and (not isinstance(names, list) or len(names) != num_classes
+                              or any(type(n) is not str for n in names)):
+        raise wrong(f"category_names is not a list of {num_classes} strings (num_classes)")
+    if not isinstance(state["model_params"], dict):
+        raise wrong(f"model_params is a {type(state['model_params']).__name__}, not the model config section")
+    try:
+        params = params_from_json(ModelParams, json.dumps(state["model_params"]), f"{checkpoint}: model_params")
+    except (TypeError, ValueError) as err:
+        raise wrong(f"model_params do not build the network ({err})") from err
+    return Final(as_state_dict(state["model"], checkpoint, FINAL_EXPECTED), params, ids,
+                 names if names is not None else [str(c) for c in ids])
+
+
+def model_from_final(final: Final, checkpoint: Path, device: str) -> TwoStreamCondInst:
+    """The trained network of `final` (read from `checkpoint`) on `device`, in eval mode; weights that do
+    not fit the network its model_params describe raise TorchFileError listing the keys."""
+    model = TwoStreamCondInst(final.params, len(final.category_ids))
+    mismatch = describe_mismatch(model.state_dict(), final.model)
+    if mismatch is not None:
+        raise TorchFileError(f"{checkpoint}: the weights under 'model' do not fit the network of its "
+                             f"model_params: {mismatch}; expected {FINAL_EXPECTED}")
+    model.load_state_dict(final.model)
+    return model.to(device).eval()
+
+
 def load_trained(checkpoint: Path, device: str) -> tuple[TwoStreamCondInst, list[int]]:
     """The trained network in eval mode and its class → dataset category id list, from `final.pt`."""
-    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    for key in ("model", "model_params", "num_classes", "category_ids"):
-        if key not in state:
-            raise KeyError(f"{checkpoint}: not a mowis final checkpoint (no {key!r}); rerun rule train")
-    params = params_from_json(ModelParams, json.dumps(state["model_params"]), f"{checkpoint}: model_params")
-    model = TwoStreamCondInst(params, state["num_classes"])
-    model.load_state_dict(state["model"])
-    return model.to(device).eval(), [int(c) for c in state["category_ids"]]
+    final = read_final(checkpoint)
+    return model_from_final(final, checkpoint, device), final.category_ids
 
 
 def predict_split(model: TwoStreamCondInst, category_ids: list[int], frames: EvalFrames,

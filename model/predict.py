@@ -18,7 +18,6 @@ zeros. OUT_DIR gets
 from __future__ import annotations
 
 import argparse
-import pickle
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +29,7 @@ import torch
 from tqdm import tqdm
 
 from model.data import resized_shape
-from model.evaluate import EvaluateParams, load_trained, pad_batch, to_coco_results
+from model.evaluate import EvaluateParams, model_from_final, pad_batch, read_final, to_coco_results
 from model.network import Detections, TwoStreamCondInst
 from pipeline.io import write_bytes_atomic
 from pipeline.flow import FlowParams, PairEstimator, encode_video, make_estimator, video_flow
@@ -208,16 +207,10 @@ def predict_frames(model: TwoStreamCondInst, frames: Iterator[Frame], estimate: 
 
 
 def load_checkpoint(path: Path, device: str) -> tuple[TwoStreamCondInst, list[int], list[str]]:
-    """The trained network, its class → category id list and class names, from a `final.pt`."""
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such checkpoint (expected results/train/<exp>/final.pt)")
-    try:
-        model, category_ids = load_trained(path, device)
-    except (RuntimeError, EOFError, pickle.UnpicklingError) as err:
-        raise ValueError(f"{path}: not a loadable mowis final checkpoint ({err})") from err
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    names = [str(n) for n in state.get("category_names", [])] or [str(c) for c in category_ids]
-    return model, category_ids, names
+    """The trained network, its class → category id list and class names, from a `final.pt`; a wrong file
+    raises naming it (model.evaluate.read_final)."""
+    final = read_final(path)
+    return model_from_final(final, path, device), final.category_ids, final.category_names
 
 
 def run(input_path: Path, checkpoint: Path, params: EvaluateParams, flow_params: FlowParams | None,

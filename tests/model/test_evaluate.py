@@ -49,5 +49,5 @@ def test_pad_batch_pads_to_32_bottom_right() -> None:
 def test_a_training_checkpoint_is_not_a_final_one(tmp_path: Path) -> None:
     path = tmp_path / "ckpt.pt"
     torch.save({"model": {}, "step": 3}, path)
-    with pytest.raises(KeyError, match="not a mowis final checkpoint"):
+    with pytest.raises(ValueError, match=f"{path}: no 'model_params', 'num_classes', 'category_ids'"):
         load_trained(path, "cpu")

@@ -105,7 +105,7 @@ def test_backbone_local_weights_roundtrip_and_key_errors(tmp_path):
     bad["layer2.0.conv1.weight"] = torch.zeros(3, 3)
     bad["extra.weight"] = torch.zeros(1)
     torch.save(bad, tmp_path / "bad.pth")
-    with pytest.raises(KeyError) as err:
+    with pytest.raises(ValueError) as err:
         ResNetBackbone("resnet18", str(tmp_path / "bad.pth"))
     msg = str(err.value)
     assert "layer4.1.conv2.weight" in msg and "extra.weight" in msg and "layer2.0.conv1.weight" in msg

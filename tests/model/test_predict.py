@@ -13,7 +13,7 @@ import torch
 
 from model.evaluate import EvaluateParams
 from model.network import ModelParams, TwoStreamCondInst
-from model.predict import Frame, chunk_flow, chunks_with_context, main, run
+from model.predict import Frame, chunk_flow, chunks_with_context, load_checkpoint, main, run
 from pipeline.flow import DisEstimator, FlowParams, encode_video, video_flow
 from pipeline.io import params_from_json
 
@@ -153,7 +153,7 @@ def test_clear_errors(inputs: dict[str, Path], checkpoint: Path, tmp_path: Path)
         run(broken, checkpoint, params, flow, tmp_path / "o2", "cpu", 2, 0.3)
     training = tmp_path / "ckpt.pt"
     torch.save({"model": {}, "step": 3}, training)
-    with pytest.raises(KeyError, match="not a mowis final checkpoint"):
+    with pytest.raises(ValueError, match="ckpt.pt: no 'model_params'.*expected a mowis final checkpoint"):
         run(inputs["folder"], training, params, flow, tmp_path / "o3", "cpu", 2, 0.3)
     garbage = tmp_path / "garbage.pt"
     garbage.write_bytes(b"\x00" * 64)
@@ -161,6 +161,52 @@ def test_clear_errors(inputs: dict[str, Path], checkpoint: Path, tmp_path: Path)
         run(inputs["folder"], garbage, params, flow, tmp_path / "o4", "cpu", 2, 0.3)
     with pytest.raises(ValueError, match="--flow-params"):
         run(inputs["folder"], checkpoint, params, None, tmp_path / "o5", "cpu", 2, 0.3)
+
+
+def _final_with(path: Path, change) -> Path:
+    """A valid tiny final.pt at `path` with `change(state)` applied."""
+    save_final(path)
+    state = torch.load(path, weights_only=True)
+    change(state)
+    torch.save(state, path)
+    return path
+
+
+FINAL_DEFECTS = {
+    # name: (change to a valid final.pt, what the message says)
+    "no category_ids": (lambda s: s.pop("category_ids"), "no 'category_ids'"),
+    "num_classes a string": (lambda s: s.update(num_classes="2"), "num_classes is 2, expected a positive integer"),
+    "category_ids one short": (lambda s: s.update(category_ids=[3]), "category_ids is not a list of 2 integers"),
+    "category_names not strings": (lambda s: s.update(category_names=[1, 2]),
+                                   "category_names is not a list of 2 strings"),
+    "model_params with an unknown key": (lambda s: s["model_params"].update(colour="red"),
+                                         "model_params do not build the network"),
+    "model_params a string": (lambda s: s.update(model_params="resnet18"), "model_params is a str"),
+    "weights of another class count": (lambda s: s.update(num_classes=3, category_ids=[3, 7, 9],
+                                                          category_names=["a", "b", "c"]),
+                                       "do not fit the network of its model_params: 0 missing keys; "
+                                       "0 unexpected keys; 2 wrongly shaped keys"),
+    "a tensor missing from the weights": (lambda s: s["model"].pop(next(iter(s["model"]))),
+                                          "do not fit the network of its model_params: 1 missing keys"),
+    "weights not tensors": (lambda s: s.update(model={"backbone.stem.0.weight": [1.0]}),
+                            "1 of 1 entries are not parameter name -> tensor"),
+}
+
+
+@pytest.mark.parametrize("defect", list(FINAL_DEFECTS))
+def test_final_checkpoint_defects_name_the_file_and_field(tmp_path: Path, defect: str) -> None:
+    change, message = FINAL_DEFECTS[defect]
+    path = _final_with(tmp_path / "final.pt", change)
+    with pytest.raises(ValueError) as info:
+        load_checkpoint(path, "cpu")
+    assert str(info.value).startswith(f"{path}: ") and message in str(info.value), str(info.value)
+    assert "expected a mowis final checkpoint" in str(info.value)
+
+
+def test_final_checkpoint_without_names_uses_category_ids(tmp_path: Path) -> None:
+    path = _final_with(tmp_path / "final.pt", lambda s: s.pop("category_names"))
+    _, ids, names = load_checkpoint(path, "cpu")
+    assert ids == CATEGORY_IDS and names == ["3", "7"]
 
 
 def test_boxinst_needs_no_flow(inputs: dict[str, Path], tmp_path: Path) -> None:

@@ -138,7 +138,7 @@ def test_wrong_checkpoint_lists_missing_unexpected_and_misshaped(tmp_path: Path)
     assert all(n.removeprefix("module.") in message for n in names[:10])
     assert names[10].removeprefix("module.") not in message
     assert "1 unexpected keys: extra.weight" in message
-    assert "1 wrongly shaped keys: update_block.flow_head.conv2.bias: checkpoint (5,), model (2,)" in message
+    assert "1 wrongly shaped keys: update_block.flow_head.conv2.bias: file (5,), model (2,)" in message
 
 
 def test_unreadable_or_absent_checkpoint_names_the_file(tmp_path: Path) -> None:

@@ -12,7 +12,6 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from pipeline.ytvis import FRAMES_DIR, MAX_ID, MAX_SIDE, YtvisError, load_ytvis
-from conftest import write_tiny_ytvis
 
 EXAMPLES = 1500
 NESTED, DIGITS = "\x01nested\x01", "\x01digits\x01"  # stand-ins replaced in the json text (json.dumps cannot
@@ -32,11 +31,12 @@ JUNK = st.recursive(LEAVES, lambda inner: st.lists(inner, max_size=4)
                                       max_size=4), max_leaves=8)
 
 
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
-    """A valid tiny dataset (frames on disk, mixed compressed and uncompressed RLE) and its json."""
-    root = tmp_path_factory.mktemp("fuzz")
-    return root, write_tiny_ytvis(root, videos=2, frames=3, rle="mixed")
+@pytest.fixture
+def dataset(make_ytvis) -> tuple[Path, dict]:
+    """A valid tiny dataset (frames on disk, mixed compressed and uncompressed RLE) and its json. Made once
+    for all examples: each only writes mutated.json beside train.json, overwriting the one before."""
+    root = make_ytvis(videos=2, frames=3, rle="mixed")
+    return root, json.loads((root / "train.json").read_text())
 
 
 def slots(node: Any, path: tuple = ()) -> dict[tuple, list[tuple]]:
@@ -125,7 +125,8 @@ def check_loaded(root: Path, dataset) -> None:
 
 
 @settings(max_examples=EXAMPLES, deadline=None, database=None, derandomize=True,
-          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
+                                 HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 def test_mutated_train_json_loads_or_raises_ytvis_error(dataset: tuple[Path, dict], data: st.DataObject) -> None:
     """1500 mutated files per run (derandomized: the same ones each run, about 20 s of CPU;
