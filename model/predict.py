@@ -12,7 +12,8 @@ zeros. OUT_DIR gets
 - `images.json`: {"source", "checkpoint", "images": [{"id", "file_name", "frame_index", "height", "width"}],
   "categories": [{"id", "name"}]}; the image id of a frame is its position in frame order (0, 1, ...);
 - `overlays/<name>.png`: each frame with its detections above `--overlay-thresh` (masks coloured per
-  instance, boxes, class names and scores).
+  instance, boxes, class names and scores); <name> is the frame's whole file name (`a.jpg` → `a.jpg.png`, so
+  `a.jpg` and `a.png` get one overlay each) or `<video stem>_<t, 6 digits>` for a video file.
 """
 
 from __future__ import annotations
@@ -163,8 +164,9 @@ def draw_overlay(rgb: np.ndarray, det: Detections, class_names: list[str], min_s
 
 
 def overlay_name(frame: Frame, video: bool) -> str:
-    """overlays/ file name of a frame: the frame file's stem, or '<video stem>_<t, 6 digits>' for a video."""
-    return f"{Path(frame.name.split(':')[0]).stem}_{frame.index:06d}.png" if video else f"{Path(frame.name).stem}.png"
+    """overlays/ file name of a frame: the frame's file name with '.png' added (one overlay per file, whatever
+    the extensions), or '<video stem>_<t, 6 digits>.png' for a video."""
+    return f"{Path(frame.name.split(':')[0]).stem}_{frame.index:06d}.png" if video else f"{frame.name}.png"
 
 
 def write_png_atomic(path: Path, rgb: np.ndarray) -> None:

@@ -111,7 +111,7 @@ def test_folder_predictions_decode_with_one_overlay_per_frame(inputs: dict[str, 
     images = out["images"]["images"]
     assert [im["file_name"] for im in images] == [f"f{t:03d}.png" for t in range(5)]
     assert [im["id"] for im in images] == list(range(5)) and images[0]["height"] == 48
-    assert [p.name for p in out["overlays"]] == [f"f{t:03d}.png" for t in range(5)]
+    assert [p.name for p in out["overlays"]] == [f"f{t:03d}.png.png" for t in range(5)]
     assert out["images"]["categories"] == [{"id": 3, "name": "ellipse"}, {"id": 7, "name": "star"}]
     assert out["results"], "score_thresh 0 must keep detections"
     per_image = {im["id"]: 0 for im in images}
@@ -126,7 +126,7 @@ def test_folder_predictions_decode_with_one_overlay_per_frame(inputs: dict[str, 
     for path in out["overlays"]:
         overlay = cv2.imread(str(path))
         assert overlay.shape == (48, 64, 3)
-        original = cv2.imread(str(inputs["folder"] / path.name))
+        original = cv2.imread(str(inputs["folder"] / path.name.removesuffix(".png")))
         assert np.abs(overlay.astype(int) - original).max() > 0  # something was drawn
 
 
@@ -138,6 +138,24 @@ def test_video_file_equals_folder_of_its_frames(inputs: dict[str, Path], checkpo
     assert [p.name for p in from_video["overlays"]] == [f"clip_{t:06d}.png" for t in range(5)]
     for a, b in zip(from_video["overlays"], from_folder["overlays"]):
         np.testing.assert_array_equal(cv2.imread(str(a)), cv2.imread(str(b)))
+
+
+def test_same_stem_different_extensions_get_one_overlay_each(checkpoint: Path, tmp_path: Path) -> None:
+    """a.jpg and a.png in one folder: two overlays, each its own frame (nothing drawn above score 1.1)."""
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    frames = synthetic_frames(2)
+    cv2.imwrite(str(folder / "a.jpg"), np.ascontiguousarray(frames[0][..., ::-1]))
+    cv2.imwrite(str(folder / "a.png"), np.ascontiguousarray(frames[1][..., ::-1]))
+    main(["--input", str(folder), "--checkpoint", str(checkpoint), "--params", json.dumps(EVALUATE),
+          "--flow-params", json.dumps(FLOW), "--out", str(tmp_path / "out"), "--overlay-thresh", "1.1",
+          "--device", "cpu"])
+    overlays = tmp_path / "out" / "overlays"
+    assert sorted(p.name for p in overlays.iterdir()) == ["a.jpg.png", "a.png.png"]
+    for name in ("a.jpg", "a.png"):
+        np.testing.assert_array_equal(cv2.imread(str(overlays / f"{name}.png")), cv2.imread(str(folder / name)))
+    images = json.loads((tmp_path / "out" / "images.json").read_text())["images"]
+    assert [im["file_name"] for im in images] == ["a.jpg", "a.png"]
 
 
 def test_clear_errors(inputs: dict[str, Path], checkpoint: Path, tmp_path: Path) -> None:
