@@ -157,8 +157,13 @@ def _side(value: Any, file: Path, item: str, key: str) -> int:
 
 
 def _short(value: Any, limit: int = 80) -> str:
-    """repr of a value for an error message, cut to `limit` characters (input may be huge)."""
-    text = repr(value) if not isinstance(value, int) or abs(value) < 10**limit else f"an integer of {limit}+ digits"
+    """repr of a value for an error message, cut to `limit` characters (input may be huge or deeply nested)."""
+    if isinstance(value, int) and abs(value) >= 10**limit:
+        return f"an integer of {limit}+ digits"
+    try:
+        text = repr(value)
+    except RecursionError:
+        return f"a {type(value).__name__} nested too deeply to show"
     return text if len(text) <= limit else text[:limit] + "..."
 
 

@@ -323,3 +323,14 @@ def test_compressed_rle_stats_match_pycocotools_decoding():
     got_totals, got_smallest = compressed_rle_stats(strings)
     assert got_totals.tolist() == totals
     assert got_smallest.tolist() == smallest
+
+
+def test_error_values_are_cut_short():
+    """Values in messages: long reprs cut at 80 characters, huge integers and too-deep nesting described."""
+    deep: list = []
+    for _ in range(5000):  # deeper than repr can go (json stops near 1000, at another stack depth)
+        deep = [deep]
+    assert ytvis._short(deep) == "a list nested too deeply to show"
+    assert ytvis._short(10**400) == "an integer of 80+ digits"
+    assert ytvis._short("a" * 100) == "'" + "a" * 79 + "..."
+    assert ytvis._short([1.5, None]) == "[1.5, None]"
