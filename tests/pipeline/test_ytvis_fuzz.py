@@ -131,7 +131,7 @@ def check_loaded(root: Path, dataset) -> None:
 def test_mutated_train_json_loads_or_raises_ytvis_error(dataset: tuple[Path, dict], data: st.DataObject) -> None:
     """1500 mutated files per run (derandomized: the same ones each run, about 20 s of CPU;
     `pytest --hypothesis-show-statistics` prints the outcomes: last measured 1500 passing cases, 7 % loaded,
-    the rest refused across 17 different fields or as invalid JSON). Each file gets one to three changes at a
+    the rest refused in 16 different fields or as invalid JSON). Each file gets one to three changes at a
     place drawn uniformly over the json's shapes (e.g. annotations[*].bboxes[*][*]): a value set to an edge
     case (huge, negative, bool, NaN, inf, 6000-digit or 100 000-deep nested value; a path-traversal, unicode,
     control-character or overlong file name) or to random junk (nested lists and objects), a key or item
