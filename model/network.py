@@ -26,7 +26,7 @@ from model.fcos import (FCOSHead, HeadOutputs, assign_targets, fcos_losses, flat
                         locations_per_level, postprocess)
 from model.fpn import FPN, LEVELS, STRIDES
 from model.losses import pairwise_loss, projection_loss
-from pipeline.config import check_field_types
+from pipeline.field_types import check_field_types
 
 MASK_HEAD_CHANNELS = 8  # dynamic mask head: 3 layers of 8 channels (method §4)
 MASK_HEAD_LAYERS = 3

@@ -42,7 +42,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from model.data import FrameDataset, IterationBatchSampler, collate, worker_init
-from pipeline.config import check_field_types
+from pipeline.field_types import check_field_types
 from pipeline.io import params_from_json, setup_logging, write_bytes_atomic
 
 log = logging.getLogger("mowis.train")

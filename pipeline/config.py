@@ -8,10 +8,7 @@ from __future__ import annotations
 import json
 import math
 import re
-import types
-import typing
 from collections.abc import Sequence
-from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -63,12 +60,12 @@ def config_overrides(entries: Sequence[str]) -> dict:
     overrides: dict = {}
     for entry in entries:
         key, sep, text = entry.partition("=")
-        try:
-            value = json.loads(text) if sep else None
-        except ValueError as e:
-            raise WorkflowError(f"--config {entry}: {key} is not JSON ({e}); {CONFIG_HELP}") from None
         if not sep:
             raise WorkflowError(f"--config {entry}: expected key=value; {CONFIG_HELP}")
+        try:
+            value = json.loads(text)
+        except ValueError as e:
+            raise WorkflowError(f"--config {entry}: {key} is not JSON ({e}); {CONFIG_HELP}") from None
         update_config(overrides, {key: value})
     return overrides
 
@@ -147,54 +144,21 @@ def run_errors(config: dict) -> list[str]:
     return [f"run: unknown experiments {unknown}; defined: {list(config['experiments'])}"] if unknown else []
 
 
+def _refuse(errors: list[str]) -> None:
+    """Raise one WorkflowError listing `errors`, if any."""
+    if errors:
+        raise WorkflowError("Invalid configuration (config.yaml, then --configfile files, then --config):\n  "
+                            + "\n  ".join(errors))
+
+
 def checked_config(configfiles: Sequence[str | Path], entries: Sequence[str], schema: dict) -> dict:
     """The workflow's config from its files and `--config` entries, checked, with only the experiments that
-    `run` names (all when null) left in `experiments`; a WorkflowError lists every problem."""
+    `run` names (all when null) left in `experiments`; a WorkflowError lists the problems of the first
+    stage that finds any."""
     config = coerce_numbers(merged_config(configfiles, entries), schema)
-    for check in (non_finite, lambda c: schema_errors(c, schema),
-                  lambda c: [*schedule_errors(c["train"]), *experiment_errors(c, schema), *run_errors(c)]):
-        errors = check(config)
-        if errors:
-            raise WorkflowError("Invalid configuration (config.yaml, then --configfile files, then --config):\n  "
-                                + "\n  ".join(errors))
+    _refuse(non_finite(config))  # first: NaN passes the schema's bounds, with confusing messages
+    _refuse(schema_errors(config, schema))  # then the checks below may rely on the structure
+    _refuse([*schedule_errors(config["train"]), *experiment_errors(config, schema), *run_errors(config)])
     chosen = config["run"] or list(config["experiments"])
     config["experiments"] = {name: config["experiments"][name] for name in chosen}
     return config
-
-
-def _describe(hint: Any) -> str:
-    """A type hint in words, for error messages."""
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin is typing.Literal:
-        return "one of " + ", ".join(map(repr, args))
-    if origin is tuple:
-        return f"a list, each {_describe(args[0])}"
-    if origin in (typing.Union, types.UnionType):
-        return " or ".join(_describe(a) for a in args)
-    return {bool: "true or false", int: "an integer", float: "a finite number", str: "a string",
-            type(None): "null"}[hint]
-
-
-def _matches(value: Any, hint: Any) -> bool:
-    """Whether `value` (as JSON gives it) has type `hint`; a bool is not a number, an int is a float."""
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin is typing.Literal:
-        return any(type(value) is type(a) and value == a for a in args)
-    if origin is tuple:
-        return isinstance(value, (list, tuple)) and all(_matches(v, args[0]) for v in value)
-    if origin in (typing.Union, types.UnionType):
-        return any(_matches(value, a) for a in args)
-    if hint is float:
-        return type(value) in (int, float) and math.isfinite(value)
-    if hint is type(None):
-        return value is None
-    return type(value) is hint
-
-
-def check_field_types(params: Any, section: str) -> None:
-    """Raise ValueError naming `<section>.<field>` when a field of dataclass `params` has the wrong type."""
-    hints = typing.get_type_hints(type(params))
-    for f in fields(params):
-        value = getattr(params, f.name)
-        if not _matches(value, hints[f.name]):
-            raise ValueError(f"{section}.{f.name}: expected {_describe(hints[f.name])}, got {value!r}")

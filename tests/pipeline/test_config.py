@@ -13,8 +13,9 @@ from snakemake.exceptions import WorkflowError
 
 from model.network import ModelParams
 from model.train import TrainParams
-from pipeline.config import (check_field_types, checked_config, coerce_numbers, config_overrides, load_schema,
-                             merged_config, non_finite, schedule_errors)
+from pipeline.config import (checked_config, coerce_numbers, config_overrides, load_schema, merged_config,
+                             non_finite, schedule_errors)
+from pipeline.field_types import check_field_types
 
 REPO = Path(__file__).resolve().parents[2]
 DEFAULTS = REPO / "config.yaml"
