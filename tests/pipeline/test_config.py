@@ -4,6 +4,7 @@ own type checks."""
 
 import json
 import math
+import shlex
 from pathlib import Path
 
 import pytest
@@ -157,3 +158,16 @@ def test_params_dataclasses_take_what_json_gives() -> None:
     assert params.lr == 1 and params.steps == (4,)
     assert ModelParams(**MODEL).mask_in_features == ("p3", "p4", "p5")
     check_field_types(params, "train")  # still valid after the tuples replaced the lists
+
+
+def test_the_readme_command_line_examples_are_valid(tmp_path: Path) -> None:
+    """Each `--config` example of the README's Configuration section passes the start-up checks as written."""
+    section = (REPO / "README.md").read_text().split("## Configuration")[1].split("\n## ")[0]
+    commands = [line for line in section.split("```bash\n")[1].split("```")[0].splitlines() if "--config" in line]
+    assert len(commands) == 2
+    for line in commands:
+        words = shlex.split(line, comments=True)
+        entries = words[words.index("--config") + 1:]
+        config = checked_config([DEFAULTS], entries, CONFIG_SCHEMA)
+        assert all(config[key] == {**config[key], **json.loads(value)} for key, value in
+                   (entry.split("=", 1) for entry in entries))
