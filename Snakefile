@@ -2,19 +2,26 @@
 # This file only loads and validates the configuration and includes the rules; see workflow/rules/.
 import os
 
-from snakemake.utils import min_version, validate
+from snakemake.utils import min_version
 
-from pipeline.config import coerce_numbers, load_schema
+from pipeline.config import checked_config, load_schema
 
 min_version("9.19")
 
+DEFAULTS = os.path.join(workflow.basedir, "config.yaml")
 
-configfile: os.path.join(workflow.basedir, "config.yaml")
+
+configfile: DEFAULTS
 
 
+# Rebuilt from the same sources with `--config` values read as JSON (Snakemake reads them as all-string YAML),
+# checked (pipeline/config.py) and cut down to the experiments that `run` names, before any job is planned.
 SCHEMA = os.path.join(workflow.basedir, "workflow/schemas/config.schema.yaml")
-coerce_numbers(config, load_schema(SCHEMA))
-validate(config, SCHEMA)
+FILES = [DEFAULTS, *workflow.config_settings.configfiles]
+ENTRIES = workflow.config_settings.config_args or []
+checked = checked_config(FILES, ENTRIES, load_schema(SCHEMA))
+config.clear()
+config.update(checked)
 
 
 include: "workflow/rules/common.smk"

@@ -26,6 +26,7 @@ from model.fcos import (FCOSHead, HeadOutputs, assign_targets, fcos_losses, flat
                         locations_per_level, postprocess)
 from model.fpn import FPN, LEVELS, STRIDES
 from model.losses import pairwise_loss, projection_loss
+from pipeline.field_types import check_field_types
 
 MASK_HEAD_CHANNELS = 8  # dynamic mask head: 3 layers of 8 channels (method §4)
 MASK_HEAD_LAYERS = 3
@@ -52,16 +53,15 @@ class ModelParams:
     pairwise_warmup: int  # iterations of the pairwise warm-up min(step / warmup, 1); 0 = none
 
     def __post_init__(self) -> None:
+        """Field types are checked first (a bool is not an int, the string "false" is not a bool), then values;
+        errors name the config field."""
+        check_field_types(self, "model")
         object.__setattr__(self, "mask_in_features", tuple(self.mask_in_features))
         feats = self.mask_in_features
         idx = [LEVELS.index(f) if f in LEVELS else -1 for f in feats]
         if not feats or -1 in idx or idx != list(range(idx[0], idx[0] + len(idx))) or idx[-1] > 2:
             raise ValueError(f"model.mask_in_features: expected consecutive levels of p3, p4, p5 in order, "
                              f"got {list(feats)}")
-        if self.det_fusion not in ("sum", "max"):
-            raise ValueError(f"model.det_fusion: expected sum or max, got {self.det_fusion!r}")
-        if self.mask_fusion not in ("concat", "sum", "max"):
-            raise ValueError(f"model.mask_fusion: expected concat, sum or max, got {self.mask_fusion!r}")
         for name in ("fpn_channels", "mask_branch_channels", "mask_channels", "head_convs"):
             if getattr(self, name) < 1:
                 raise ValueError(f"model.{name}: expected a positive integer, got {getattr(self, name)}")

@@ -42,6 +42,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from model.data import FrameDataset, IterationBatchSampler, collate, worker_init
+from pipeline.field_types import check_field_types
 from pipeline.io import params_from_json, setup_logging, write_bytes_atomic
 
 log = logging.getLogger("mowis.train")
@@ -74,16 +75,17 @@ class TrainParams:
     max_bad_steps: int  # stop after this many non-finite steps in a row
 
     def __post_init__(self) -> None:
-        """Lists from JSON become tuples; values are checked, naming the config field."""
+        """Types are checked (a bool is not an int, NaN is not a number), lists from JSON become tuples, values
+        are checked; errors name the config field. Steps may lie beyond iters here (a run stopped early);
+        the workflow refuses them at start (pipeline/config.py schedule_errors)."""
+        check_field_types(self, "train")
         object.__setattr__(self, "steps", tuple(self.steps))
         object.__setattr__(self, "min_sizes", tuple(self.min_sizes))
-        if self.amp not in ("fp32", "bf16", "fp16"):
-            raise ValueError(f"train.amp: expected fp32, bf16 or fp16, got {self.amp!r}")
         for name in ("iters", "batch_size", "base_batch", "checkpoint_every", "max_bad_steps", "max_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"train.{name}: must be ≥ 1, got {getattr(self, name)}")
-        if list(self.steps) != sorted(self.steps):
-            raise ValueError(f"train.steps: must be increasing, got {list(self.steps)}")
+        if any(b <= a for a, b in zip(self.steps, self.steps[1:])):
+            raise ValueError(f"train.steps: must increase strictly, got {list(self.steps)}")
         if not self.min_sizes:
             raise ValueError("train.min_sizes: needs at least one size")
 

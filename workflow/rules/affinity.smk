@@ -10,6 +10,8 @@ rule affinity:
         directory("results/affinity/shard_{k}.zarr"),
     params:
         cfg=section("affinity"),
+        root=root_of_input,
+        annotations=annotations_in_root,
     log:
         stderr="logs/affinity/shard_{k}.log",
         summary="logs/affinity/shard_{k}.json",
@@ -19,7 +21,6 @@ rule affinity:
     conda:
         "../../envs/data.yaml"
     shell:
-        "python -m pipeline.affinity --root $(dirname {input.annotations:q})"
-        " --annotations $(basename {input.annotations:q})"
+        "python -m pipeline.affinity --root {params.root:q} --annotations {params.annotations:q}"
         " --shard {wildcards.k} --flow {input.flow:q} --params {params.cfg:q} --out {output:q}"
         " --log-json {log.summary:q} 2> {log.stderr:q}"

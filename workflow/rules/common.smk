@@ -3,6 +3,8 @@ import json
 import math
 import os
 
+import pipeline.config
+
 
 def section(*keys):
     """The config subsection at `keys`, as canonical JSON (sorted keys) for a rule's params."""
@@ -21,6 +23,21 @@ def dataset_root():
 def annotations():
     """The dataset's train.json (an existing file, or the synthetic rule's output)."""
     return os.path.join(dataset_root(), "train.json")
+
+
+def root_of_input(wildcards, input):
+    """The dataset root, for a shell command's --root: the folder of the rule's input.annotations."""
+    return os.path.dirname(input.annotations)
+
+
+def annotations_in_root(wildcards, input):
+    """The rule's input.annotations relative to its dataset root, for a shell command's --annotations."""
+    return os.path.basename(input.annotations)
+
+
+def frames_dir():
+    """The dataset's frames: <root>/JPEGImages/<video>/<frame>.jpg."""
+    return os.path.join(dataset_root(), "JPEGImages")
 
 
 def num_videos():
@@ -54,13 +71,9 @@ def gma_checkpoint_if_used():
 
 
 def experiment_model(wildcards):
-    """The model section with experiment `wildcards.exp`'s overrides, as canonical JSON (rule train's params)."""
-    exp = config["experiments"][wildcards.exp]
-    unknown = sorted(set(exp["model"]) - set(config["model"]))
-    if unknown:
-        raise WorkflowError(f"experiments.{wildcards.exp}.model: unknown keys {unknown}; "
-                            f"expected keys of the model section {sorted(config['model'])}")
-    return json.dumps({**config["model"], **exp["model"]}, sort_keys=True)
+    """The model section with experiment `wildcards.exp`'s overrides (checked when the workflow started), as
+    canonical JSON (rule train's params)."""
+    return json.dumps(pipeline.config.experiment_model(config, wildcards.exp), sort_keys=True)
 
 
 def affinity_stores():

@@ -15,7 +15,7 @@ rule synthetic:
     conda:
         "../../envs/data.yaml"
     shell:
-        "python -m pipeline.synthetic --params {params.cfg:q} --out results/synthetic 2> {log}"
+        "python -m pipeline.synthetic --params {params.cfg:q} --out results/synthetic 2> {log:q}"
 
 
 rule split:
@@ -30,10 +30,10 @@ rule split:
         summary="results/split/summary.json",
     params:
         cfg=section("split"),
+        root=root_of_input,
     log:
         "logs/split/split.log",
     conda:
         "../../envs/data.yaml"
     shell:
-        'python -m pipeline.split --root "$(dirname {input.annotations:q})" --params {params.cfg:q}'
-        " --out-dir results/split 2> {log}"
+        "python -m pipeline.split --root {params.root:q} --params {params.cfg:q} --out-dir results/split 2> {log:q}"

@@ -13,7 +13,7 @@ rule evaluate:
         results="results/eval/{exp}/coco_results.json",
     params:
         cfg=section("evaluate"),
-        frames=os.path.join(dataset_root(), "JPEGImages"),
+        frames=frames_dir(),
         dataset=config["dataset"]["root"] or "synthetic camouflage",
     log:
         "logs/evaluate/{exp}.log",

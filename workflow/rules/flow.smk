@@ -17,6 +17,8 @@ rule flow:
     params:
         cfg=section("flow"),
         num_videos=num_videos(),
+        root=root_of_input,
+        annotations=annotations_in_root,
     log:
         stderr="logs/flow/shard_{k}.log",
         summary="logs/flow/shard_{k}.json",
@@ -28,8 +30,7 @@ rule flow:
     conda:
         "../../envs/flow.yaml"
     shell:
-        "python -m pipeline.flow --root $(dirname {input.annotations:q})"
-        " --annotations $(basename {input.annotations:q}) --shard {wildcards.k}"
+        "python -m pipeline.flow --root {params.root:q} --annotations {params.annotations:q} --shard {wildcards.k}"
         " --num-videos {params.num_videos} --params {params.cfg:q} --out {output:q}"
         " --log-json {log.summary:q} --threads {threads} 2> {log.stderr:q}"
 
@@ -45,7 +46,7 @@ rule gma_checkpoint:
     conda:
         "../../envs/flow.yaml"
     shell:
-        "python -m pipeline.gma_checkpoint --dest {output:q} 2> {log}"
+        "python -m pipeline.gma_checkpoint --dest {output:q} 2> {log:q}"
 
 
 if not config["dataset"]["root"]:
@@ -61,6 +62,8 @@ if not config["dataset"]["root"]:
             "results/flow/quality.json",
         params:
             cfg=section("flow"),
+            root=root_of_input,
+            annotations=annotations_in_root,
         log:
             "logs/flow_quality/flow_quality.log",
         threads: 2
@@ -69,6 +72,5 @@ if not config["dataset"]["root"]:
         conda:
             "../../envs/flow.yaml"
         shell:
-            "python -m pipeline.flow_quality --root $(dirname {input.annotations:q})"
-            " --annotations $(basename {input.annotations:q}) --gt-dir {input.flow_gt:q}"
-            " --params {params.cfg:q} --out {output:q} --threads {threads} 2> {log}"
+            "python -m pipeline.flow_quality --root {params.root:q} --annotations {params.annotations:q}"
+            " --gt-dir {input.flow_gt:q} --params {params.cfg:q} --out {output:q} --threads {threads} 2> {log:q}"

@@ -70,7 +70,7 @@ if experiment_of_row("boxinst_r50") and experiment_of_row("ours_r50"):
         output:
             report("results/figures/fig1_masks.png", caption="../report/fig1_masks.rst", category="Qualitative"),
         params:
-            frames=os.path.join(dataset_root(), "JPEGImages"),
+            frames=frames_dir(),
             experiments=section("experiments"),
         log:
             "logs/figures/fig1_masks.log",
@@ -94,7 +94,7 @@ if experiment_of_row("ours_r50"):
                    category="Qualitative"),
         params:
             cfg=section("evaluate"),
-            frames=os.path.join(dataset_root(), "JPEGImages"),
+            frames=frames_dir(),
         log:
             "logs/figures/fig3_activations.log",
         conda:

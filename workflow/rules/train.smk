@@ -10,6 +10,7 @@ rule frame_index:
         "results/index/{split}.h5",
     params:
         shard_size=section("flow", "shard_size"),
+        root=root_of_input,
     log:
         "logs/frame_index/{split}.log",
     wildcard_constraints:
@@ -18,7 +19,7 @@ rule frame_index:
     conda:
         "../../envs/data.yaml"
     shell:
-        "python -m pipeline.index --root $(dirname {input.annotations:q}) --split {input.split:q}"
+        "python -m pipeline.index --root {params.root:q} --split {input.split:q}"
         " --shard-size {params.shard_size} --out {output:q} 2> {log:q}"
 
 
@@ -37,6 +38,7 @@ rule train:
     params:
         model=experiment_model,
         train=section("train"),
+        frames=frames_dir(),
     log:
         "logs/train/{exp}.log",
     wildcard_constraints:
@@ -53,5 +55,5 @@ rule train:
     shell:
         "python -m model.launch --gpus {resources.gpu} --threads {threads} --"
         " --model-params {params.model:q} --train-params {params.train:q} --index {input.index:q}"
-        " --frames $(dirname {input.annotations:q})/JPEGImages --flow results/flow --affinity results/affinity"
+        " --frames {params.frames:q} --flow results/flow --affinity results/affinity"
         " --out results/train/{wildcards.exp} 2> {log:q}"
