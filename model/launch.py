@@ -11,15 +11,21 @@ Inside a SLURM allocation of more than one node (the SLURM profile's multi-node 
 with one launcher per node; G is `--gpus`, or at 0 the GPUs this node sees (the profile asks them per node
 through gres), 0 = one CPU process per node. PORT: $MOWIS_RDZV_PORT, default 29500 + job id mod 1000 (two
 jobs whose first node is the same machine do not meet at the same port).
+
+On the CPU it first estimates the run's cost (model/cost.py) and refuses, saying what to do, a run that only
+GPUs can carry (the paper's R-50 at 640–800 px), unless MOWIS_ALLOW_CPU=1.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import subprocess
 import sys
+
+from model.cost import cpu_refusal
 
 
 def launch_command(gpus: int, threads: int, train_args: list[str],
@@ -77,6 +83,15 @@ def slurm_launch_command(gpus: int, threads: int, train_args: list[str], nodes: 
             "--kill-on-bad-exit=1", *gres, *launch_command(gpus, threads, train_args, rendezvous)]
 
 
+def cpu_refusal_of(train_args: list[str], env: dict[str, str]) -> str | None:
+    """`model.cost.cpu_refusal` for the model and train sections in model.train's arguments."""
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--model-params", required=True)
+    parser.add_argument("--train-params", required=True)
+    known, _ = parser.parse_known_args(train_args)
+    return cpu_refusal(json.loads(known.model_params), json.loads(known.train_params), env)
+
+
 def main(argv: list[str] | None = None) -> None:
     """CLI: replace this process with torchrun running model.train."""
     argv = sys.argv[1:] if argv is None else argv
@@ -88,6 +103,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, required=True, help="the rule's threads")
     args = parser.parse_args(argv[:split])
     allocation = slurm_allocation(dict(os.environ))
+    if not (args.gpus or allocation and visible_gpus(dict(os.environ))):
+        refusal = cpu_refusal_of(argv[split + 1:], dict(os.environ))
+        if refusal:
+            raise SystemExit(refusal)
     if allocation is None:
         command = launch_command(args.gpus, args.threads, argv[split + 1:])
     else:

@@ -26,7 +26,6 @@ import json
 import logging
 import os
 import random
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -39,11 +38,11 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from model.data import FrameDataset, IterationBatchSampler, collate, worker_init
 from pipeline.field_types import check_field_types
 from pipeline.io import params_from_json, setup_logging, write_bytes_atomic
+from pipeline.progress import LOG_INTERVAL, progress_bar
 
 log = logging.getLogger("mowis.train")
 
@@ -276,7 +275,8 @@ class RunPaths:
     affinity: Path  # results/affinity
     out: Path  # results/train/<exp>
     workers: int = 2  # loader worker processes per training process
-    log_every: int = 20
+    log_every: int = 20  # steps between metrics records, and between progress lines in a log file
+    log_interval: float = LOG_INTERVAL  # seconds at least between two progress lines in a log file
     keep_checkpoints: int = 2
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
@@ -370,8 +370,8 @@ def train(paths: RunPaths, model_params: dict, params: TrainParams, build_model:
     # step + 1 to the network (its pairwise warm-up min(step / 10000, 1), as AdelaiDet's counter).
     step = start_step
     bad_in_row = 0
-    progress = tqdm(total=params.iters, initial=start_step, disable=not master, unit="it", dynamic_ncols=True,
-                    mininterval=0.1 if sys.stderr.isatty() else 30.0)  # a log file gets a line per 30 s
+    progress = progress_bar(params.iters, "train", every=paths.log_every, initial=start_step, disable=not master,
+                            interval=paths.log_interval)
     model.train()
     loader_iter = iter(loader)
     t_last = time.perf_counter()
@@ -426,7 +426,7 @@ def train(paths: RunPaths, model_params: dict, params: TrainParams, build_model:
         t_last = t_now
         if master:
             progress.update(1)
-            progress.set_postfix(loss=f"{loss_value:.3f}", lr=f"{lr:.2e}")
+            progress.set_postfix(loss=f"{loss_value:.3f}", lr=f"{lr:.2e}", refresh=False)
             if step % paths.log_every == 0 or step == params.iters:
                 with open(metrics_path, "a") as f:
                     f.write(json.dumps(record) + "\n")
