@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from model.train import TrainParams, run_key
+from pipeline.identity import input_identity
 from pipeline.io import params_from_json
 
 HERE = Path(__file__).parent
@@ -64,7 +65,8 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tiny_data: dict, tmp_pat
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.Popen(command(tiny_data, killed), cwd=REPO, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
-    ckpt = killed / "checkpoints" / run_key(json.loads((HERE / "tiny_model.json").read_text()), params())
+    inputs = input_identity(tiny_data["index"], tiny_data["flow"], tiny_data["affinity"])
+    ckpt = killed / "checkpoints" / run_key(json.loads((HERE / "tiny_model.json").read_text()), params(), inputs)
     sidecar = ckpt / "ckpt_00000002.pt.sha256"
     deadline = time.monotonic() + 240
     while not sidecar.exists() and proc.poll() is None and time.monotonic() < deadline:
