@@ -180,8 +180,14 @@ def load_checkpoint(path: Path) -> dict:
         raise ValueError(f"{path}: cannot be loaded ({type(e).__name__}: {e})") from e
 
 
-def find_resume(ckpt_dir: Path) -> tuple[Path, dict] | None:
-    """The newest checkpoint that verifies and loads: `last` first, then the others newest first."""
+def checkpoint_step(path: Path) -> int:
+    """The step in a checkpoint's file name (ckpt_<step>.pt)."""
+    return int(path.stem.removeprefix(CHECKPOINT_PREFIX))
+
+
+def find_resume(ckpt_dir: Path, max_step: int | None = None) -> tuple[Path, dict] | None:
+    """The newest checkpoint that verifies and loads: `last` first, then the others newest first; with
+    `max_step` (train.iters), only checkpoints of steps up to it (a run shortened after a longer one)."""
     if not ckpt_dir.is_dir():
         return None
     candidates = list_checkpoints(ckpt_dir)
@@ -189,6 +195,11 @@ def find_resume(ckpt_dir: Path) -> tuple[Path, dict] | None:
     if pointer.exists():
         named = ckpt_dir / pointer.read_text().strip()
         candidates = [named] + [c for c in candidates if c != named]
+    if max_step is not None:
+        later = [c.name for c in candidates if checkpoint_step(c) > max_step]
+        if later:
+            log.info("%s: not resuming %s, past step %d", ckpt_dir, ", ".join(later), max_step)
+        candidates = [c for c in candidates if checkpoint_step(c) <= max_step]
     for path in candidates:
         if not path.exists():
             log.warning("%s: named by %s but missing; trying older checkpoints", path, pointer)
@@ -326,7 +337,7 @@ def train(paths: RunPaths, model_params: dict, params: TrainParams, build_model:
         inputs = input_identity(paths.index, paths.flow, paths.affinity)
         log.info("inputs: %s", ", ".join(f"{name} {attrs[DIGEST_ATTR][:12]}" for name, attrs in inputs.items()))
         ckpt_dir = paths.out / "checkpoints" / run_key(model_params, params, inputs)
-        found = find_resume(ckpt_dir)
+        found = find_resume(ckpt_dir, params.iters)
         choice = [inputs, str(ckpt_dir), str(found[0]) if found else None]
     if ddp:
         dist.broadcast_object_list(choice, src=0)
@@ -356,8 +367,9 @@ def train(paths: RunPaths, model_params: dict, params: TrainParams, build_model:
             log.warning("checkpoint has RNG states of %d processes, this run has %d; RNG not restored",
                         len(rng_per_rank), world_size)
         if master:
-            log.info("resumed from %s at step %d; training steps %d to %d", resume_from, start_step,
-                     start_step + 1, params.iters)
+            log.info("resumed from %s at step %d; %s", resume_from, start_step,
+                     f"training steps {start_step + 1} to {params.iters}" if start_step < params.iters
+                     else "no steps left to train")
     if ddp and use_cuda and world_size > 1:
         # BatchNorm that trains (the mask branches) sees the global batch, so N GPUs match one GPU with the
         # same global batch. torch's SyncBatchNorm runs on GPUs only; CPU processes keep per-rank statistics.
