@@ -15,6 +15,7 @@ import zarr
 from pipeline import affinity, flow, index
 from pipeline.identity import (DIGEST_ATTR, STORE_METADATA, digest_parts, h5_digest, index_identity,
                                input_identity, store_digest, store_identity)
+from pipeline.synthetic import SyntheticParams, write_dataset
 
 FLOW = {"estimator": "dis", "shard_size": 2, "gma": {"checkpoint": "absent.pth", "iters": 1, "dtype": "float32"},
         "dis": {"preset": "ultrafast"}}
@@ -36,10 +37,10 @@ def run_jobs(root: Path, out: Path, shards: int = 2) -> Path:
 
 @pytest.fixture(scope="module")
 def twice(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """Two runs of the same jobs on the same 4-video dataset (2 shards), in separate folders."""
-    from conftest import write_tiny_ytvis
+    """Two runs of the same jobs on the same synthetic 4-video dataset (2 shards), in separate folders."""
     base = tmp_path_factory.mktemp("identity")
-    write_tiny_ytvis(base / "data", videos=4, frames=3)
+    write_dataset(SyntheticParams(videos=4, frames=3, height=32, width=40, classes=2, max_objects=2,
+                                  camouflage_prob=0.5, seed=0), base / "data")
     return run_jobs(base / "data", base / "a"), run_jobs(base / "data", base / "b")
 
 
