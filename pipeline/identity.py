@@ -97,6 +97,8 @@ def input_identity(index: str | os.PathLike, flow_dir: str | os.PathLike,
     """{'index': …, 'flow/shard_k.zarr': …, 'affinity/shard_k.zarr': …}: the identities of the frame index
     and of the flow and affinity stores of every shard it names (what the trainer reads)."""
     with h5py.File(index, "r") as f:
+        if "shard" not in f:
+            raise KeyError(f"{index}: no 'shard' dataset (datasets {sorted(f)}); rerun rule frame_index")
         shards = sorted(int(s) for s in np.unique(f["shard"][()]))
     identity = {"index": index_identity(index)}
     for kind, folder in (("flow", Path(flow_dir)), ("affinity", Path(affinity_dir))):

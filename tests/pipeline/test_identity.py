@@ -148,3 +148,8 @@ def test_input_identity_names_the_shards_of_the_index(twice: tuple[Path, Path], 
     assert identity["flow/shard_1.zarr"] == attrs(a / "flow/shard_1.zarr")
     with pytest.raises(FileNotFoundError, match=r"missing/shard_0.zarr: no store here.*rerun rule flow"):
         input_identity(a / "index.h5", tmp_path / "missing", a / "affinity")
+    broken = tmp_path / "index.h5"
+    with h5py.File(broken, "w") as f:
+        f["video_id"] = [1]
+    with pytest.raises(KeyError, match=r"index.h5: no 'shard' dataset.*rerun rule frame_index"):
+        input_identity(broken, a / "flow", a / "affinity")
