@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import zarr
 
-from pipeline.affinity import AffinityParams, frame_masks
-from pipeline.flow_codec import flow_to_rgb
+from pipeline.affinity import AffinityParams, run_shard
+from pipeline.flow import DisParams, FlowParams, GmaParams, encode_video, store_attributes, write_video
 from pipeline.index import main as index_main
 from pipeline.shards import num_shards, videos_of_shard
 from pipeline.synthetic import SyntheticParams, video_name, write_dataset
@@ -20,28 +20,24 @@ AFFINITY = AffinityParams(theta_color=2.0, tau_color=0.3, theta_flow=0.5, tau_fl
 
 
 def write_stores(root: Path, flow_dir: Path, affinity_dir: Path, shard_size: int) -> None:
-    """Flow stores from the ground-truth flow (last frame −F(t→t−1)) and affinity stores, in the
-    layouts of docs/design.md."""
+    """Flow stores of the ground-truth flow (last frame −F(t→t−1)), written by pipeline.flow's writer with the
+    attributes of a DIS store of `shard_size`, and affinity stores computed from them by pipeline.affinity's
+    stage (run_shard): the layouts and checks of docs/design.md."""
     train = json.loads((root / "train.json").read_text())
-    ids = [v["id"] for v in train["videos"]]
+    ids = sorted(v["id"] for v in train["videos"])
+    lengths = {v["id"]: len(v["file_names"]) for v in train["videos"]}
+    params = FlowParams(estimator="dis", shard_size=shard_size, gma=GmaParams("weights/gma-sintel.pth", 12, "float32"),
+                        dis=DisParams("medium"))
     for shard in range(num_shards(len(ids), shard_size)):
-        flow_store = zarr.open_group(str(flow_dir / f"shard_{shard}.zarr"), mode="w")
-        affinity_store = zarr.open_group(str(affinity_dir / f"shard_{shard}.zarr"), mode="w")
-        for vid in videos_of_shard(ids, shard, shard_size):
-            import cv2
+        videos = videos_of_shard(ids, shard, shard_size)
+        flow_store = flow_dir / f"shard_{shard}.zarr"
+        group = zarr.open_group(str(flow_store), mode="w", zarr_format=3)
+        for vid in videos:
             gt = np.load(root / "flow_gt" / f"{video_name(vid)}.npy")  # (T-1, H, W, 2)
-            flows = np.concatenate([gt, -gt[-1:]]) if len(gt) else None
-            video = next(v for v in train["videos"] if v["id"] == vid)
-            frames = [cv2.cvtColor(cv2.imread(str(root / "JPEGImages" / f)), cv2.COLOR_BGR2RGB)
-                      for f in video["file_names"]]
-            if flows is None:
-                flows = np.zeros((len(frames), *frames[0].shape[:2], 2), np.float32)
-            rgb = np.stack([flow_to_rgb(f) for f in flows])  # (T, H, W, 3)
-            flow_store.create_array(str(vid), data=rgb, chunks=(1, *rgb.shape[1:]))
-            masks = [frame_masks(frame, f, AFFINITY) for frame, f in zip(frames, rgb)]
-            group = affinity_store.create_group(str(vid))
-            group.create_array("color", data=np.stack([m[0] for m in masks]))
-            group.create_array("flow", data=np.stack([m[1] for m in masks]))
+            flows = np.concatenate([gt, -gt[-1:]]) if len(gt) else np.zeros((lengths[vid], *gt.shape[1:]), np.float32)
+            write_video(group, vid, encode_video(flows))
+        group.attrs.update(store_attributes(params, videos, None))
+        run_shard(root, Path("train.json"), shard, flow_store, AFFINITY, affinity_dir / f"shard_{shard}.zarr")
 
 
 def make_dataset(out: Path, videos: int = 4, frames: int = 3, height: int = 64, width: int = 64) -> dict[str, Path]:
