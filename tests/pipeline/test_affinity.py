@@ -13,6 +13,8 @@ import yaml
 from pipeline import affinity as aff
 from pipeline.io import params_from_json
 
+from damage import damage_chunk, damage_frame, leftovers, set_store_attribute
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -349,8 +351,6 @@ def test_cli_rejects_flow_store_of_another_shard(make_ytvis, tmp_path):
 @pytest.mark.parametrize("how", ["truncated_jpeg", "wrong_size", "missing_chunk", "corrupt_chunk",
                                  "flow_store_of_another_shard", "flow_store_of_another_format"])
 def test_bad_input_fails_the_job_naming_it_and_leaves_nothing(make_ytvis, tmp_path, how):
-    from conftest import damage_chunk, damage_frame, leftovers, set_store_attribute
-
     root = make_ytvis(videos=6, frames=3)  # shard 1 of size 4: videos 129 and 136 (vid004ab, vid005ab)
     flow_store = tmp_path / "flow" / "shard_1.zarr"
     write_flow_store(flow_store, root, shard=0 if how == "flow_store_of_another_shard" else 1, shard_size=4)
@@ -379,8 +379,6 @@ def test_bad_input_fails_the_job_naming_it_and_leaves_nothing(make_ytvis, tmp_pa
 
 
 def test_stage_store_is_accepted_by_its_reader_and_other_stores_are_not(make_ytvis, tmp_path):
-    from conftest import set_store_attribute
-
     root = make_ytvis(videos=6, frames=2)
     flow_store = tmp_path / "flow" / "shard_1.zarr"
     flow_attrs = write_flow_store(flow_store, root, shard=1, shard_size=4)

@@ -22,6 +22,8 @@ from pipeline.flow import (DisEstimator, FlowParams, FlowStoreMismatch, GmaEstim
 from pipeline.flow_codec import flow_to_rgb
 from pipeline.ytvis import load_ytvis
 
+from damage import damage_frame, leftovers
+
 REPO = Path(__file__).resolve().parents[2]
 SECTION = {"estimator": "dis", "shard_size": 2,
            "gma": {"checkpoint": "weights/gma-sintel.pth", "iters": 12, "dtype": "float32"},
@@ -385,8 +387,6 @@ def test_gma_checkpoint_fetch(tmp_path):
 
 @pytest.mark.parametrize("how", ["truncated_jpeg", "wrong_size"])
 def test_damaged_frame_fails_the_job_naming_it_and_leaves_nothing(make_ytvis, tmp_path, how):
-    from conftest import damage_frame, leftovers
-
     root = make_ytvis(videos=3, frames=3)  # shard 0 of size 2: videos 101 and 108
     frame = root / "JPEGImages" / "vid001ab" / "00010.jpg"  # video 108, frame 2: after video 101 was stored
     damage_frame(frame, how)

@@ -11,6 +11,8 @@ from pycocotools.coco import COCO
 from pipeline.split import PAPER_COUNTS, main, split_videos, to_coco
 from pipeline.ytvis import YtvisError, load_ytvis
 
+from damage import damage_frame, leftovers
+
 
 def decode_uncompressed(counts: list[int], height: int, width: int) -> np.ndarray:
     """Brute-force decoding of an uncompressed COCO RLE to a (H, W) uint8 mask."""
@@ -173,8 +175,6 @@ def test_cli_rejects_bad_params(make_ytvis, tmp_path):
 
 
 def test_cli_checks_frame_headers_and_decodes_frames_with_check_frames(make_ytvis, tmp_path, capsys):
-    from conftest import damage_frame, leftovers
-
     root = make_ytvis(videos=4, frames=3)
     section = '{"seed": 0, "videos_per_class": 2}'
     frame = root / "JPEGImages" / "vid002ab" / "00010.jpg"

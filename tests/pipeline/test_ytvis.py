@@ -13,6 +13,8 @@ from pycocotools import mask as mask_utils
 from pipeline import ytvis
 from pipeline.ytvis import Rle, YtvisError, compressed_rle_stats, load_ytvis, write_ytvis
 
+from damage import damage_frame
+
 
 def edit(root: Path, change) -> None:
     """Apply `change(data)` to root/train.json in place."""
@@ -248,8 +250,6 @@ def test_compressed_rle_stats_match_pycocotools_decoding():
 
 @pytest.mark.parametrize("how", ["truncated_jpeg", "wrong_size"])
 def test_read_frame_refuses_a_damaged_frame_naming_file_video_and_frame(make_ytvis, how):
-    from conftest import damage_frame
-
     root = make_ytvis(videos=2, frames=3)
     path = root / "JPEGImages" / "vid001ab" / "00010.jpg"
     damage_frame(path, how)
@@ -295,8 +295,6 @@ def test_frame_size_from_the_header_equals_the_decoded_size(tmp_path, kind):
 
 
 def test_frame_check_names_a_wrongly_sized_or_foreign_frame_file(make_ytvis):
-    from conftest import damage_frame
-
     root = make_ytvis(videos=3, frames=4)
     damage_frame(root / "JPEGImages" / "vid002ab" / "00015.jpg", "wrong_size")
     with pytest.raises(YtvisError, match=r"video 115: field 'file_names\[3\]'.*vid002ab/00015.jpg is 32x28 "
