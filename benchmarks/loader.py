@@ -3,8 +3,8 @@ flow store, both packed masks from the affinity store, boxes), the paper's augme
 long ≤ 1333, flip 0.5) and collate into a Batch — the work one loader worker does.
 
 The dataset is pipeline.synthetic's generator at 640×360; its flow store holds the ground-truth flow encoded by
-pipeline.flow_codec (written by pipeline.flow), its affinity store comes from pipeline.affinity.run_shard, the index from
-pipeline.index — the same layouts as the DAG's stores (docs/design.md).
+pipeline.flow_codec and written by pipeline.flow's writer, its affinity store is computed by pipeline.affinity's
+stage, the index by pipeline.index — the same stores as the DAG's (docs/design.md).
 
     python benchmarks/loader.py [--videos 4] [--frames 6] [--batches 30] [--batch 2] [--json out.json]
 """

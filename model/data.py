@@ -19,7 +19,7 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 import cv2
 import h5py
@@ -38,6 +38,8 @@ from pipeline.ytvis import read_frame
 
 SIZE_DIVISIBILITY = 32  # padded batch sides are multiples of the coarsest backbone stride used by the FPN
 MASK_STRIDE = 4  # the pair masks' grid
+
+StoreKind = Literal["flow", "affinity"]
 
 
 class SampleKey(NamedTuple):
@@ -176,11 +178,11 @@ class ShardStores:
             self._handles, self._pid = {"flow": {}, "affinity": {}, "arrays": {}}, os.getpid()
         return self._handles
 
-    def _path(self, kind: str, shard: int) -> Path:
+    def _path(self, kind: StoreKind, shard: int) -> Path:
         """results/<kind>/shard_<shard>.zarr."""
         return (self.flow_dir if kind == "flow" else self.affinity_dir) / f"shard_{shard}.zarr"
 
-    def _group(self, kind: str, shard: int) -> zarr.Group:
+    def _group(self, kind: StoreKind, shard: int) -> zarr.Group:
         """The checked flow or affinity store of shard `shard`, opened once per process."""
         groups = self._cache()[kind]
         if shard not in groups:
@@ -194,7 +196,7 @@ class ShardStores:
                 groups[shard] = open_affinity_store(path, shard, flow_attrs)
         return groups[shard]
 
-    def _array(self, kind: str, shard: int, video_id: int, name: str | None) -> zarr.Array:
+    def _array(self, kind: StoreKind, shard: int, video_id: int, name: str | None) -> zarr.Array:
         """Array of `video_id` in a shard store (`name`: 'color' or 'flow' inside an affinity video group),
         opened once per process (opening reads the array's metadata)."""
         arrays = self._cache()["arrays"]
@@ -210,7 +212,7 @@ class ShardStores:
                                f"frame_index") from None
         return arrays[key]
 
-    def frame(self, kind: str, shard: int, video_id: int, t: int, name: str | None,
+    def frame(self, kind: StoreKind, shard: int, video_id: int, t: int, name: str | None,
               shape: tuple[int, ...]) -> np.ndarray:
         """Frame t of a store array, checked against the shape the index expects: flow (H, W, 3) uint8 RGB
         (kind 'flow', name None) or packed masks (ceil(H/4), ceil(W/4)) uint8 (kind 'affinity', name

@@ -356,7 +356,8 @@ def video_masks(dataset: YtvisDataset, video: Video, flow_video: zarr.Array, flo
     t_frames, height, width = video.length, video.height, video.width
     if tuple(flow_video.shape) != (t_frames, height, width, 3) or flow_video.dtype != np.uint8:
         raise ValueError(f"{flow_store}: flow of video {video.id}: expected uint8 {(t_frames, height, width, 3)} "
-                         f"(T, H, W, 3) from train.json, found {flow_video.dtype} {tuple(flow_video.shape)}; rerun rule flow")
+                         f"(T, H, W, 3) from train.json, found {flow_video.dtype} {tuple(flow_video.shape)}; "
+                         f"rerun rule flow")
     h, w = grid_shape(height, width)
     color = np.empty((t_frames, h, w), np.uint8)
     flow = np.empty((t_frames, h, w), np.uint8)

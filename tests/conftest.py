@@ -88,4 +88,3 @@ def make_ytvis(tmp_path: Path) -> Callable[..., Path]:
         write_tiny_ytvis(root, **kwargs)
         return root
     return make
-
