@@ -1,8 +1,12 @@
 """Reading the shard stores (Zarr v3) one frame at a time: a missing or undecodable chunk is an error, never zeros.
 
-Zarr returns an array's fill value for a chunk that is not in the store (zarr 3.1 has no setting to make that
-an error), so `stored_frame` first checks that the stored object holding the frame exists (the chunk, or the
-shard for a sharded array), then decodes it, and names the store, the video, the frame and the rule to rerun.
+Zarr returns an array's fill value for a chunk that is not in the store (zarr 3.1's config has no setting to
+make that an error: its `array` options are order, write_empty_chunks and target_shard_size_bytes), so
+`stored_frame` first checks that the stored object holding the frame exists (the chunk, or the shard for a
+sharded array), then decodes it, and names the store, the video, the frame and the rule to rerun. Inside a
+shard, the chunk index ends in a CRC32C that zarr checks, so a cut or altered shard is a decode error; an
+inner chunk that a valid index marks absent still reads as the fill value (the affinity writer stores every
+chunk, so only a deliberately edited index could do that).
 """
 
 from __future__ import annotations
