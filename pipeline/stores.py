@@ -21,8 +21,9 @@ class CorruptStore(ValueError):
 
 
 def stored_frame(array: zarr.Array, t: int, where: str, rule: str) -> np.ndarray:
-    """Frame t of a store array (T, ...) chunked along T. `where` (e.g. "results/flow/shard_0.zarr: video 7
-    flow") and the `rule` that writes the store go into the errors."""
+    """Frame t of a store array (T, ...) whose chunks (or shards) hold whole frames, as both stores' do. `where`
+    (e.g. "results/flow/shard_0.zarr: video 7 flow") and the `rule` that writes the store go into the errors.
+    The presence check costs about 0.5 ms (zarr's store.exists through its event loop)."""
     if not 0 <= t < array.shape[0]:
         raise IndexError(f"{where}: frame {t} is outside the stored {array.shape[0]} frames; rerun rule {rule}")
     stored_shape = array.shards or array.chunks  # (T', ...): what one stored object holds
