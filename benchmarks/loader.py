@@ -3,8 +3,8 @@ flow store, both packed masks from the affinity store, boxes), the paper's augme
 long ≤ 1333, flip 0.5) and collate into a Batch — the work one loader worker does.
 
 The dataset is pipeline.synthetic's generator at 640×360; its flow store holds the ground-truth flow encoded by
-pipeline.flow_codec, its affinity store the masks of pipeline.affinity.frame_masks, and the index comes from
-pipeline.index — the same layouts as the DAG's stores (docs/design.md).
+pipeline.flow_codec and written by pipeline.flow's writer, its affinity store is computed by pipeline.affinity's
+stage, the index by pipeline.index — the same stores as the DAG's (docs/design.md).
 
     python benchmarks/loader.py [--videos 4] [--frames 6] [--batches 30] [--batch 2] [--json out.json]
 """
@@ -32,8 +32,8 @@ import torch  # noqa: E402
 import zarr  # noqa: E402
 
 from model.data import FrameDataset, IterationBatchSampler, collate  # noqa: E402
-from pipeline.affinity import AffinityParams, frame_masks  # noqa: E402
-from pipeline.flow_codec import flow_to_rgb  # noqa: E402
+from pipeline.affinity import AffinityParams, run_shard  # noqa: E402
+from pipeline.flow import DisParams, FlowParams, GmaParams, encode_video, store_attributes, write_video  # noqa: E402
 from pipeline.index import main as index_main  # noqa: E402
 from pipeline.synthetic import SyntheticParams, video_name, write_dataset  # noqa: E402
 
@@ -46,24 +46,18 @@ def make_inputs(out: Path, videos: int, frames: int, height: int, width: int, sh
     train = write_dataset(SyntheticParams(videos=videos, frames=frames, height=height, width=width, classes=4,
                                           max_objects=3, camouflage_prob=0.85, seed=0), root)
     ordered = sorted(train["videos"], key=lambda v: v["id"])
+    flow_params = FlowParams(estimator="dis", shard_size=shard_size, dis=DisParams("medium"),
+                             gma=GmaParams("weights/gma-sintel.pth", 12, "float32"))
     for start in range(0, len(ordered), shard_size):
         shard = start // shard_size
-        flow_store = zarr.open_group(str(out / "flow" / f"shard_{shard}.zarr"), mode="w")
-        affinity_store = zarr.open_group(str(out / "affinity" / f"shard_{shard}.zarr"), mode="w")
-        for video in ordered[start:start + shard_size]:
-            gt = np.load(root / "flow_gt" / f"{video_name(video['id'])}.npy")  # (T-1, H, W, 2)
-            flows = np.concatenate([gt, -gt[-1:]])
-            rgb = np.stack([flow_to_rgb(f) for f in flows])  # (T, H, W, 3)
-            flow_store.create_array(str(video["id"]), data=rgb, chunks=(1, *rgb.shape[1:]),
-                                    compressors=zarr.codecs.ZstdCodec(level=3))
-            images = [cv2.cvtColor(cv2.imread(str(root / "JPEGImages" / f)), cv2.COLOR_BGR2RGB)
-                      for f in video["file_names"]]
-            masks = [frame_masks(im, f, AFFINITY) for im, f in zip(images, rgb)]
-            group = affinity_store.create_group(str(video["id"]))
-            for k, name in enumerate(("color", "flow")):
-                data = np.stack([m[k] for m in masks])
-                group.create_array(name, data=data, chunks=(1, *data.shape[1:]),
-                                   compressors=zarr.codecs.ZstdCodec(level=3))
+        videos = [v["id"] for v in ordered[start:start + shard_size]]
+        flow_store = out / "flow" / f"shard_{shard}.zarr"
+        group = zarr.open_group(str(flow_store), mode="w", zarr_format=3)
+        for vid in videos:
+            gt = np.load(root / "flow_gt" / f"{video_name(vid)}.npy")  # (T-1, H, W, 2)
+            write_video(group, vid, encode_video(np.concatenate([gt, -gt[-1:]])))
+        group.attrs.update(store_attributes(flow_params, videos, None))  # ground truth, in a DIS store's layout
+        run_shard(root, Path("train.json"), shard, flow_store, AFFINITY, out / "affinity" / f"shard_{shard}.zarr")
     index = out / "index" / "train_train.h5"
     index_main(["--root", str(root), "--split", str(root / "train.json"), "--shard-size", str(shard_size),
                 "--out", str(index)])

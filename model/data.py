@@ -19,7 +19,7 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 import cv2
 import h5py
@@ -29,12 +29,17 @@ import zarr
 from torch.utils.data import Dataset, Sampler
 
 from model.batch import Batch
-from pipeline.affinity import grid_shape, hflip_packed, neighbour_valid, resize_packed, unpack_bits
+from pipeline.affinity import (grid_shape, hflip_packed, neighbour_valid, open_affinity_store, resize_packed,
+                                unpack_bits)
+from pipeline.flow import open_recorded_flow_store
 from pipeline.flow_codec import hflip_flow_rgb
+from pipeline.stores import stored_frame
 from pipeline.ytvis import read_frame
 
 SIZE_DIVISIBILITY = 32  # padded batch sides are multiples of the coarsest backbone stride used by the FPN
 MASK_STRIDE = 4  # the pair masks' grid
+
+StoreKind = Literal["flow", "affinity"]
 
 
 class SampleKey(NamedTuple):
@@ -145,10 +150,86 @@ def augment(image: np.ndarray, flow: np.ndarray | None, pair_color: np.ndarray, 
     return np.ascontiguousarray(image), flow, pair_color, pair_flow, boxes_xyxy
 
 
+class ShardStores:
+    """The flow and affinity shard stores that a frame index (pipeline/index.py) points into: the one reader of
+    stored frames, for training and evaluation. Stores are opened lazily, once per process (the object
+    pickles), and checked: a flow store made with the index's flow.shard_size, an affinity store built for its
+    shard from that flow store (pipeline.affinity.open_affinity_store). Each frame goes through
+    pipeline.stores.stored_frame, so a missing or undecodable chunk is an error naming store, video and frame."""
+
+    def __init__(self, index_path: str | os.PathLike, flow_dir: str | os.PathLike,
+                 affinity_dir: str | os.PathLike | None):
+        self.index_path, self.flow_dir = Path(index_path), Path(flow_dir)
+        self.affinity_dir = Path(affinity_dir) if affinity_dir is not None else None
+        with h5py.File(self.index_path, "r") as f:
+            if "shard_size" not in f.attrs:
+                raise KeyError(f"{self.index_path}: no shard_size attribute; rerun rule frame_index")
+            self.shard_size = int(f.attrs["shard_size"])
+        self._handles: dict | None = None
+        self._pid = -1
+
+    def __getstate__(self) -> dict:
+        """Pickle without open stores; each worker opens its own."""
+        return {**self.__dict__, "_handles": None, "_pid": -1}
+
+    def _cache(self) -> dict:
+        """This process's open groups and arrays."""
+        if self._handles is None or self._pid != os.getpid():
+            self._handles, self._pid = {"flow": {}, "affinity": {}, "arrays": {}}, os.getpid()
+        return self._handles
+
+    def _path(self, kind: StoreKind, shard: int) -> Path:
+        """results/<kind>/shard_<shard>.zarr."""
+        return (self.flow_dir if kind == "flow" else self.affinity_dir) / f"shard_{shard}.zarr"
+
+    def _group(self, kind: StoreKind, shard: int) -> zarr.Group:
+        """The checked flow or affinity store of shard `shard`, opened once per process."""
+        groups = self._cache()[kind]
+        if shard not in groups:
+            path = self._path(kind, shard)
+            if not path.is_dir():
+                raise FileNotFoundError(f"{path}: {kind} store of shard {shard} is missing; rerun rule {kind}")
+            if kind == "flow":
+                groups[shard] = open_recorded_flow_store(path, self.shard_size, f"the index {self.index_path}")
+            else:
+                flow_attrs = dict(self._group("flow", shard).attrs)
+                groups[shard] = open_affinity_store(path, shard, flow_attrs)
+        return groups[shard]
+
+    def _array(self, kind: StoreKind, shard: int, video_id: int, name: str | None) -> zarr.Array:
+        """Array of `video_id` in a shard store (`name`: 'color' or 'flow' inside an affinity video group),
+        opened once per process (opening reads the array's metadata)."""
+        arrays = self._cache()["arrays"]
+        key = (kind, shard, video_id, name)
+        if key not in arrays:
+            group = self._group(kind, shard)
+            try:
+                node = group[str(video_id)]
+                arrays[key] = node[name] if name else node
+            except KeyError:
+                raise KeyError(f"{self._path(kind, shard)}: no {name or 'flow'} array for video {video_id}; the "
+                               f"{kind} store does not match the index {self.index_path}; rerun rules {kind} and "
+                               f"frame_index") from None
+        return arrays[key]
+
+    def frame(self, kind: StoreKind, shard: int, video_id: int, t: int, name: str | None,
+              shape: tuple[int, ...]) -> np.ndarray:
+        """Frame t of a store array, checked against the shape the index expects: flow (H, W, 3) uint8 RGB
+        (kind 'flow', name None) or packed masks (ceil(H/4), ceil(W/4)) uint8 (kind 'affinity', name
+        'color' or 'flow')."""
+        array = self._array(kind, shard, video_id, name)
+        where = f"{self._path(kind, shard)}: video {video_id} {name or 'flow'}"
+        if t >= array.shape[0] or tuple(array.shape[1:]) != shape:
+            raise ValueError(f"{where} has shape {array.shape}, the index needs frame {t} of shape {shape}; "
+                             f"rerun rule {kind}")
+        return stored_frame(array, t, where, kind)
+
+
 class FrameDataset(Dataset):
     """Frames of one split index (pipeline/index.py) with their RGB flow and packed neighbour masks.
 
-    The h5 index and the Zarr stores are opened lazily, once per worker process, so the object pickles.
+    The h5 index and the Zarr stores (`ShardStores`) are opened lazily, once per worker process, so the object
+    pickles.
     `load_flow`: read the flow image (the flow stream's input); `load_flow_pairs`: read the flow masks
     (the pairwise term's motion factor). What is not loaded becomes zeros (flow) or all-valid pairs
     (flow masks, so that B·M_color·M_flow reduces to B·M_color) in `collate`.
@@ -166,7 +247,8 @@ class FrameDataset(Dataset):
             self.widths = f["width"][:]
             self.category_ids = f["category_ids"][:]  # (K,) int64, class c = category_ids[c]
         self._class_of_category = {int(c): i for i, c in enumerate(self.category_ids)}
-        self._handles: dict | None = None
+        self.stores = ShardStores(self.index_path, self.flow_dir, self.affinity_dir)
+        self._index: h5py.File | None = None
         self._pid = -1
 
     @staticmethod
@@ -180,71 +262,31 @@ class FrameDataset(Dataset):
         return len(self.heights)
 
     def __getstate__(self) -> dict:
-        """Pickle without open file handles; each worker opens its own."""
-        state = dict(self.__dict__)
-        state["_handles"], state["_pid"] = None, -1
-        return state
+        """Pickle without the open index; each worker opens its own."""
+        return {**self.__dict__, "_index": None, "_pid": -1}
 
     @property
     def aspect_groups(self) -> np.ndarray:
         """(F,) int: 0 for frames wider than tall (or square), 1 for taller than wide."""
         return (self.heights > self.widths).astype(np.int64)
 
-    def _open(self) -> dict:
-        """This process's index handle and store cache."""
-        if self._handles is None or self._pid != os.getpid():
-            self._handles = {"index": h5py.File(self.index_path, "r"), "flow": {}, "affinity": {}, "arrays": {}}
-            self._pid = os.getpid()
-        return self._handles
-
-    def _store(self, kind: str, shard: int) -> zarr.Group:
-        """The Zarr group of flow or affinity shard `shard`, opened once per process."""
-        cache = self._open()[kind]
-        if shard not in cache:
-            path = (self.flow_dir if kind == "flow" else self.affinity_dir) / f"shard_{shard}.zarr"
-            if not path.is_dir():
-                raise FileNotFoundError(f"{path}: {kind} store of shard {shard} is missing; rerun rule {kind}")
-            cache[shard] = zarr.open_group(str(path), mode="r")
-        return cache[shard]
-
-    def _array(self, kind: str, shard: int, video_id: int, name: str | None) -> zarr.Array:
-        """Array of `video_id` in a shard store (`name`: 'color' or 'flow' inside an affinity video group),
-        opened once per process (opening reads the array's metadata)."""
-        arrays = self._open()["arrays"]
-        key = (kind, shard, video_id, name)
-        if key in arrays:
-            return arrays[key]
-        group = self._store(kind, shard)
-        try:
-            node = group[str(video_id)]
-            arrays[key] = node[name] if name else node
-            return arrays[key]
-        except KeyError:
-            where = f"{self.flow_dir if kind == 'flow' else self.affinity_dir}/shard_{shard}.zarr"
-            raise KeyError(f"{where}: no {name or 'flow'} array for video {video_id}; the {kind} store does not "
-                           f"match the index {self.index_path}; rerun rules {kind} and frame_index") from None
-
-    def _frame(self, kind: str, shard: int, video_id: int, t: int, name: str | None,
-               shape: tuple[int, ...]) -> np.ndarray:
-        """Frame t of a store array, checked against the expected shape."""
-        array = self._array(kind, shard, video_id, name)
-        if t >= array.shape[0] or tuple(array.shape[1:]) != shape:
-            raise ValueError(f"{self.flow_dir if kind == 'flow' else self.affinity_dir}/shard_{shard}.zarr: video "
-                             f"{video_id} {name or 'flow'} has shape {array.shape}, the index needs frame {t} of "
-                             f"shape {shape}; rerun rule {kind}")
-        return np.asarray(array[t])
+    def _open_index(self) -> h5py.File:
+        """This process's handle of the h5 index."""
+        if self._index is None or self._pid != os.getpid():
+            self._index, self._pid = h5py.File(self.index_path, "r"), os.getpid()
+        return self._index
 
     def read(self, frame: int) -> tuple[np.ndarray, np.ndarray | None, np.ndarray, np.ndarray | None,
                                          np.ndarray, np.ndarray]:
         """Un-augmented frame: image (H, W, 3), flow or None, packed colour/flow masks, boxes XYXY (G, 4), classes."""
-        h5 = self._open()["index"]
+        h5 = self._open_index()
         video_id, t = int(h5["video_id"][frame]), int(h5["frame_index"][frame])
         shard, height, width = int(h5["shard"][frame]), int(self.heights[frame]), int(self.widths[frame])
         image = read_frame(self.frames_dir / h5["file_name"][frame].decode(), video_id, t, height, width)
         grid = grid_shape(height, width)
-        flow = self._frame("flow", shard, video_id, t, None, (height, width, 3)) if self.load_flow else None
-        pair_color = self._frame("affinity", shard, video_id, t, "color", grid)
-        pair_flow = self._frame("affinity", shard, video_id, t, "flow", grid) if self.load_flow_pairs else None
+        flow = self.stores.frame("flow", shard, video_id, t, None, (height, width, 3)) if self.load_flow else None
+        pair_color = self.stores.frame("affinity", shard, video_id, t, "color", grid)
+        pair_flow = self.stores.frame("affinity", shard, video_id, t, "flow", grid) if self.load_flow_pairs else None
         start, stop = h5["box_offsets"][frame:frame + 2]
         xywh = h5["boxes_xywh"][start:stop].reshape(-1, 4).astype(np.float32)
         boxes = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1)  # (G, 4) XYXY
@@ -274,36 +316,47 @@ def pair_masks(packed: np.ndarray, out_hw: tuple[int, int]) -> torch.Tensor:
     return out
 
 
+def padded_size(sizes: list[tuple[int, int]]) -> tuple[int, int]:
+    """(H, W) of a batch of frames of `sizes` (h, w): the largest of each, rounded up to a multiple of 32."""
+    height = math.ceil(max(h for h, _ in sizes) / SIZE_DIVISIBILITY) * SIZE_DIVISIBILITY
+    width = math.ceil(max(w for _, w in sizes) / SIZE_DIVISIBILITY) * SIZE_DIVISIBILITY
+    return height, width
+
+
+def pad_images(images: list[np.ndarray], padded_hw: tuple[int, int]) -> torch.Tensor:
+    """uint8 (N, 3, H, W) of (h, w, 3) uint8 images placed top-left, zeros bottom/right; (H, W) = padded_hw.
+    The one padder of training batches (collate) and inference batches (model.evaluate.pad_batch)."""
+    out = torch.empty((len(images), 3, *padded_hw), dtype=torch.uint8)  # empty + zeroed padding: a zero fill
+    for i, image in enumerate(images):                                # would cost as much as the copy
+        h, w = image.shape[:2]
+        out[i, :, :h, :w] = torch.from_numpy(image).permute(2, 0, 1)  # (h, w, 3) -> (3, h, w)
+        out[i, :, h:, :] = 0
+        out[i, :, :h, w:] = 0
+    return out
+
+
 def collate(samples: list[Sample]) -> Batch:
     """Pad a list of samples to a common size (multiples of 32, bottom/right) into a `model.batch.Batch`."""
-    height = max(s.image.shape[0] for s in samples)
-    width = max(s.image.shape[1] for s in samples)
-    height = math.ceil(height / SIZE_DIVISIBILITY) * SIZE_DIVISIBILITY
-    width = math.ceil(width / SIZE_DIVISIBILITY) * SIZE_DIVISIBILITY
+    sizes = [s.image.shape[:2] for s in samples]
+    height, width = padded_size(sizes)
     n = len(samples)
-    images = torch.empty((n, 3, height, width), dtype=torch.uint8)  # torch.empty + zeroed padding: the
-    with_flow = samples[0].flow is not None                           # zero fill would cost as much as the copy
+    images = pad_images([s.image for s in samples], (height, width))
+    with_flow = samples[0].flow is not None
     if any((s.flow is not None) != with_flow for s in samples):
         raise ValueError("collate: some samples have flow images and some do not")
     # without flow images (BoxInst): one zero broadcast to (N, 3, H, W), no memory per pixel
-    flows = torch.empty_like(images) if with_flow else torch.zeros((1, 1, 1, 1), dtype=torch.uint8).expand(
-        n, 3, height, width)
+    flows = pad_images([s.flow for s in samples], (height, width)) if with_flow else torch.zeros(
+        (1, 1, 1, 1), dtype=torch.uint8).expand(n, 3, height, width)
     grid = (height // MASK_STRIDE, width // MASK_STRIDE)
     pair_color = torch.zeros((n, 8, *grid), dtype=torch.bool)
     pair_flow = torch.zeros((n, 8, *grid), dtype=torch.bool)
     for i, s in enumerate(samples):
-        h, w = s.image.shape[:2]
-        for target, source in ((images, s.image), (flows, s.flow if with_flow else None)):
-            if source is not None:
-                target[i, :, :h, :w] = torch.from_numpy(source).permute(2, 0, 1)  # (h, w, 3) -> (3, h, w)
-                target[i, :, h:, :] = 0
-                target[i, :, :h, w:] = 0
         pair_color[i] = pair_masks(s.pair_color, grid)
         if s.pair_flow is not None:
             pair_flow[i] = pair_masks(s.pair_flow, grid)
         else:
             pair_flow[i] = pair_masks(np.full(s.pair_color.shape, 255, dtype=np.uint8), grid)
-    return Batch(images=images, flows=flows, image_sizes=[tuple(s.image.shape[:2]) for s in samples],
+    return Batch(images=images, flows=flows, image_sizes=[tuple(hw) for hw in sizes],
                  boxes_xyxy=[torch.from_numpy(s.boxes_xyxy) for s in samples],
                  classes=[torch.from_numpy(s.classes) for s in samples],
                  pair_color=pair_color, pair_flow=pair_flow)

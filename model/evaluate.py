@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,12 +20,11 @@ import h5py
 import numpy as np
 import pycocotools.mask as mask_utils
 import torch
-import zarr
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from model.coco_eval import evaluate_results, load_coco
-from model.data import SIZE_DIVISIBILITY, resized_shape
+from model.data import ShardStores, pad_images, padded_size, resized_shape
 from model.network import Detections, ModelParams, TwoStreamCondInst
 from pipeline.io import params_from_json, setup_logging, write_json_atomic
 from pipeline.torch_files import TorchFileError, as_state_dict, describe_mismatch, load_torch_file
@@ -47,7 +45,8 @@ class EvaluateParams:
 
 
 class EvalFrames(Dataset):
-    """Frames of a split index, resized for testing, with their RGB flow (zeros when the model takes none)."""
+    """Frames of a split index, resized for testing, with their RGB flow (none when the model takes none); the
+    stored flow is read through model.data.ShardStores (checked stores, no silent zeros)."""
 
     def __init__(self, index_path: Path, frames_dir: Path, flow_dir: Path | None, min_size: int, max_size: int):
         self.index_path, self.frames_dir, self.flow_dir = index_path, frames_dir, flow_dir
@@ -58,56 +57,34 @@ class EvalFrames(Dataset):
             self.shard = f["shard"][:]
             self.height, self.width = f["height"][:], f["width"][:]
             self.file_name = [n.decode() for n in f["file_name"][:]]
-        self._stores: dict[int, zarr.Group] = {}
+        self.stores = ShardStores(index_path, flow_dir, None) if flow_dir is not None else None
 
     def __len__(self) -> int:
         """Frames in the split."""
         return len(self.file_name)
 
-    def __getstate__(self) -> dict:
-        """Pickle without open stores; each worker opens its own."""
-        return {**self.__dict__, "_stores": {}}
-
-    def _flow(self, row: int, shape: tuple[int, int, int]) -> np.ndarray:
-        """The stored RGB flow of frame `row`, (H, W, 3) uint8."""
-        shard, video, t = int(self.shard[row]), int(self.video_id[row]), int(self.frame_index[row])
-        path = self.flow_dir / f"shard_{shard}.zarr"
-        if shard not in self._stores:
-            if not path.is_dir():
-                raise FileNotFoundError(f"{path}: flow store of shard {shard} is missing; rerun rule flow")
-            self._stores[shard] = zarr.open_group(str(path), mode="r")
-        array = self._stores[shard][str(video)]
-        if t >= array.shape[0] or tuple(array.shape[1:]) != shape:
-            raise ValueError(f"{path}: video {video} flow has shape {array.shape}, frame {t} of shape {shape} "
-                             f"is needed; rerun rule flow")
-        return np.asarray(array[t])
-
     def __getitem__(self, row: int) -> dict[str, Any]:
         """Resized image and flow (h, w, 3) uint8 with the original size and the frame's identity."""
         height, width = int(self.height[row]), int(self.width[row])
-        image = read_frame(self.frames_dir / self.file_name[row], int(self.video_id[row]), int(self.frame_index[row]),
-                           height, width)
+        video_id, t = int(self.video_id[row]), int(self.frame_index[row])
+        image = read_frame(self.frames_dir / self.file_name[row], video_id, t, height, width)
         h, w = resized_shape(height, width, self.min_size, self.max_size)
         image = cv2.resize(image, (w, h), interpolation=cv2.INTER_LINEAR)
         flow = None
-        if self.flow_dir is not None:
-            flow = cv2.resize(self._flow(row, (height, width, 3)), (w, h), interpolation=cv2.INTER_LINEAR)
-        return {"image": image, "flow": flow, "orig_hw": (height, width),
-                "video_id": int(self.video_id[row]), "frame_index": int(self.frame_index[row])}
+        if self.stores is not None:
+            stored = self.stores.frame("flow", int(self.shard[row]), video_id, t, None, (height, width, 3))
+            flow = cv2.resize(stored, (w, h), interpolation=cv2.INTER_LINEAR)
+        return {"image": image, "flow": flow, "orig_hw": (height, width), "video_id": video_id, "frame_index": t}
 
 
 def pad_batch(items: list[dict[str, Any]]) -> dict[str, Any]:
-    """Stack resized frames into zero-padded (N, 3, H, W) uint8 tensors, H and W multiples of 32."""
-    height = math.ceil(max(it["image"].shape[0] for it in items) / SIZE_DIVISIBILITY) * SIZE_DIVISIBILITY
-    width = math.ceil(max(it["image"].shape[1] for it in items) / SIZE_DIVISIBILITY) * SIZE_DIVISIBILITY
-    images = torch.zeros((len(items), 3, height, width), dtype=torch.uint8)
-    flows = torch.zeros_like(images) if items[0]["flow"] is not None else None
-    for i, it in enumerate(items):
-        h, w = it["image"].shape[:2]
-        images[i, :, :h, :w] = torch.from_numpy(it["image"]).permute(2, 0, 1)  # (h, w, 3) -> (3, h, w)
-        if flows is not None:
-            flows[i, :, :h, :w] = torch.from_numpy(it["flow"]).permute(2, 0, 1)
-    return {"images": images, "flows": flows, "image_sizes": [tuple(it["image"].shape[:2]) for it in items],
+    """Stack resized frames into zero-padded (N, 3, H, W) uint8 tensors, H and W multiples of 32
+    (model.data's padder)."""
+    sizes = [it["image"].shape[:2] for it in items]
+    padded_hw = padded_size(sizes)
+    images = pad_images([it["image"] for it in items], padded_hw)
+    flows = pad_images([it["flow"] for it in items], padded_hw) if items[0]["flow"] is not None else None
+    return {"images": images, "flows": flows, "image_sizes": [tuple(hw) for hw in sizes],
             "output_sizes": [it["orig_hw"] for it in items],
             "keys": [(it["video_id"], it["frame_index"]) for it in items]}
 

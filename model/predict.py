@@ -32,9 +32,10 @@ from tqdm import tqdm
 from model.data import resized_shape
 from model.evaluate import EvaluateParams, model_from_final, pad_batch, read_final, to_coco_results
 from model.network import Detections, TwoStreamCondInst
-from pipeline.io import write_bytes_atomic
+from pipeline.io import atomic_dir, write_bytes_atomic
 from pipeline.flow import FlowParams, PairEstimator, encode_video, make_estimator, video_flow
 from pipeline.io import params_from_json, setup_logging, write_json_atomic
+from pipeline.ytvis import read_image
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 # Instance colours of the overlays (RGB), cycled in detection order (highest score first).
@@ -63,17 +64,16 @@ def frame_files(folder: Path) -> list[Path]:
 
 
 def read_folder(folder: Path) -> Iterator[Frame]:
-    """Frames of a folder in sorted name order; an unreadable file or a size change names the file."""
+    """Frames of a folder in sorted name order; a missing, truncated or unreadable file, or a size change, is an
+    error naming the file and the frame (pipeline.ytvis.read_image, the project's one image reader)."""
     shape = None
     for t, path in enumerate(frame_files(folder)):
-        bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
-        if bgr is None:
-            raise ValueError(f"{path}: frame {t} is not a readable image")
-        if shape is not None and bgr.shape != shape:
-            raise ValueError(f"{path}: frame {t} is {bgr.shape[1]}x{bgr.shape[0]}, the first frame "
+        rgb = read_image(path, f"frame {t}")
+        if shape is not None and rgb.shape != shape:
+            raise ValueError(f"{path}: frame {t} is {rgb.shape[1]}x{rgb.shape[0]}, the first frame "
                              f"{shape[1]}x{shape[0]}; all frames of one input must have one size")
-        shape = bgr.shape
-        yield Frame(np.ascontiguousarray(bgr[..., ::-1]), path.name, t)  # BGR -> RGB
+        shape = rgb.shape
+        yield Frame(rgb, path.name, t)
 
 
 def read_video(path: Path) -> Iterator[Frame]:
@@ -228,16 +228,22 @@ def run(input_path: Path, checkpoint: Path, params: EvaluateParams, flow_params:
         estimate = make_estimator(flow_params, device)
     frames, total = open_input(input_path)
     video = input_path.is_file()
-    (out / "overlays").mkdir(parents=True, exist_ok=True)
+    made_out = not out.exists()
     results: list[dict[str, Any]] = []
     images = []
-    for frame, det in predict_frames(model, frames, estimate, params, device, batch_size, total):
-        results.extend(to_coco_results(det, frame.index, category_ids))
-        height, width = frame.rgb.shape[:2]
-        images.append({"id": frame.index, "file_name": frame.name, "frame_index": frame.index,
-                       "height": height, "width": width})
-        write_png_atomic(out / "overlays" / overlay_name(frame, video),
-                         draw_overlay(frame.rgb, det, class_names, overlay_thresh))
+    try:  # overlays go to a temporary folder renamed when every frame is done: a failed run leaves none
+        with atomic_dir(out / "overlays") as overlays:
+            for frame, det in predict_frames(model, frames, estimate, params, device, batch_size, total):
+                results.extend(to_coco_results(det, frame.index, category_ids))
+                height, width = frame.rgb.shape[:2]
+                images.append({"id": frame.index, "file_name": frame.name, "frame_index": frame.index,
+                               "height": height, "width": width})
+                write_png_atomic(overlays / overlay_name(frame, video),
+                                 draw_overlay(frame.rgb, det, class_names, overlay_thresh))
+    except BaseException:
+        if made_out and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()
+        raise
     info = {"source": str(input_path), "checkpoint": str(checkpoint), "images": images,
             "categories": [{"id": c, "name": n} for c, n in zip(category_ids, class_names)]}
     write_json_atomic(out / "results.json", results, indent=None)

@@ -27,6 +27,7 @@ import dataclasses
 import functools
 import json
 import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,10 +37,11 @@ import zarr
 from tqdm import tqdm
 from zarr.codecs import ZstdCodec
 
-from pipeline.flow import FlowParams, open_flow_store, remove_stale_temps
+from pipeline.flow import open_flow_store, recorded_params, remove_stale_temps
 from pipeline.identity import DIGEST_ATTR, store_digest
 from pipeline.io import atomic_dir, params_from_json, setup_logging, write_json_atomic
 from pipeline.shards import videos_of_shard
+from pipeline.stores import stored_frame
 from pipeline.ytvis import Video, YtvisDataset, load_ytvis, read_frame
 
 GRID_STRIDE = 4
@@ -312,33 +314,58 @@ def open_shard_flow(flow_store: Path, dataset: YtvisDataset, shard: int) -> tupl
     The flow settings come from the store itself (this stage's params hold only the affinity section);
     pipeline.flow.open_flow_store then checks the store's format, that it holds exactly the videos of shard
     `shard` of `dataset` (videos sorted by id, flow.shard_size per shard), and that it is complete."""
-    if not (Path(flow_store) / "zarr.json").is_file():
-        raise FileNotFoundError(f"{flow_store}: no flow store here (run rule flow for shard {shard})")
-    attrs = dict(zarr.open_group(str(flow_store), mode="r", zarr_format=3).attrs)
-    if not isinstance(attrs.get("params"), dict):
-        raise KeyError(f"{flow_store}: the store has no flow 'params' attribute (attributes {sorted(attrs)}); "
-                       f"delete it and rerun rule flow for shard {shard}")
-    flow_params = FlowParams.from_json(json.dumps(attrs["params"]), f"{flow_store}: attribute params")
+    flow_params = recorded_params(flow_store)
     expected = videos_of_shard([v.id for v in dataset.videos], shard, flow_params.shard_size)
     group = open_flow_store(flow_store, flow_params, videos=expected)
     by_id = dataset.video_by_id
-    return group, attrs, [by_id[v] for v in expected]
+    return group, dict(group.attrs), [by_id[v] for v in expected]
 
 
-def video_masks(dataset: YtvisDataset, video: Video, flow_video: zarr.Array, params: AffinityParams,
-                progress: tqdm) -> tuple[np.ndarray, np.ndarray]:
+class AffinityStoreMismatch(ValueError):
+    """An affinity store that is not the one expected (another shard, flow store, grid or neighbour order)."""
+
+
+def open_affinity_store(path: str | os.PathLike, shard: int, flow_attrs: dict) -> zarr.Group:
+    """Affinity store of shard `shard`, opened read-only after checking that it was built for that shard from
+    the flow store whose attributes are `flow_attrs`, on this code's grid and neighbour order."""
+    path = Path(path)
+    if not (path / "zarr.json").is_file():
+        raise FileNotFoundError(f"{path}: no affinity store here (run rule affinity for shard {shard})")
+    group = zarr.open_group(str(path), mode="r", zarr_format=3)
+    attrs = dict(group.attrs)
+    fix = f"; delete {path} and rerun rule affinity for shard {shard}"
+    if attrs.get("shard") != shard:
+        raise AffinityStoreMismatch(f"{path}: store of shard {attrs.get('shard')!r}, expected shard {shard}{fix}")
+    if attrs.get("grid_stride") != GRID_STRIDE or attrs.get("neighbour_offsets") != [list(o) for o in
+                                                                                       NEIGHBOUR_OFFSETS]:
+        raise AffinityStoreMismatch(f"{path}: grid stride {attrs.get('grid_stride')!r} and neighbour order "
+                                    f"{attrs.get('neighbour_offsets')!r}, this code uses {GRID_STRIDE} and "
+                                    f"{[list(o) for o in NEIGHBOUR_OFFSETS]}{fix}")
+    recorded = attrs.get("flow_store")
+    if recorded != flow_attrs:
+        keys = sorted(k for k in set(recorded or {}) | set(flow_attrs)
+                      if (recorded or {}).get(k) != flow_attrs.get(k))
+        raise AffinityStoreMismatch(f"{path}: built from another flow store than the one of shard {shard} "
+                                    f"(attributes {keys} differ){fix}")
+    return group
+
+
+def video_masks(dataset: YtvisDataset, video: Video, flow_video: zarr.Array, flow_store: Path,
+                params: AffinityParams, progress: tqdm) -> tuple[np.ndarray, np.ndarray]:
     """Packed (colour, flow) masks, each uint8 (T, ceil(H/4), ceil(W/4)), of every frame of one video;
-    flow_video: the video's (T, H, W, 3) uint8 array of the flow store."""
+    flow_video: the video's (T, H, W, 3) uint8 array of the flow store at `flow_store`."""
     t_frames, height, width = video.length, video.height, video.width
     if tuple(flow_video.shape) != (t_frames, height, width, 3) or flow_video.dtype != np.uint8:
-        raise ValueError(f"flow of video {video.id}: expected uint8 {(t_frames, height, width, 3)} (T, H, W, 3) "
-                         f"from train.json, found {flow_video.dtype} {tuple(flow_video.shape)}; rerun rule flow")
+        raise ValueError(f"{flow_store}: flow of video {video.id}: expected uint8 {(t_frames, height, width, 3)} "
+                         f"(T, H, W, 3) from train.json, found {flow_video.dtype} {tuple(flow_video.shape)}; "
+                         f"rerun rule flow")
     h, w = grid_shape(height, width)
     color = np.empty((t_frames, h, w), np.uint8)
     flow = np.empty((t_frames, h, w), np.uint8)
     for t in range(t_frames):
         frame = read_frame(dataset.frame_path(video, t), video.id, t, height, width)
-        color[t], flow[t] = frame_masks(frame, np.asarray(flow_video[t]), params)
+        flow_rgb = stored_frame(flow_video, t, f"{flow_store}: video {video.id} flow", "flow")
+        color[t], flow[t] = frame_masks(frame, flow_rgb, params)
         progress.update(1)
     return color, flow
 
@@ -348,7 +375,8 @@ def write_video(group: zarr.Group, video_id: int, color: np.ndarray, flow: np.nd
     sub = group.create_group(str(video_id))
     for name, data in (("color", color), ("flow", flow)):
         array = sub.create_array(name, shape=data.shape, dtype=np.uint8, chunks=(1,) + data.shape[1:],
-                                 shards=data.shape, compressors=ZstdCodec(level=3), fill_value=0)
+                                 shards=data.shape, compressors=ZstdCodec(level=3), fill_value=0,
+                                 config={"write_empty_chunks": True})  # readers take a missing chunk as an error
         array[...] = data
 
 
@@ -369,7 +397,7 @@ def run_shard(root: Path, annotations: Path, shard: int, flow_store: Path, param
                                       unit="frame") as progress:
         group = zarr.open_group(str(tmp), mode="w", zarr_format=3, attributes=attributes)
         for video in videos:
-            color, flow = video_masks(dataset, video, flow_group[str(video.id)], params, progress)
+            color, flow = video_masks(dataset, video, flow_group[str(video.id)], flow_store, params, progress)
             write_video(group, video.id, color, flow)
             set_bits["color"] += int(_BITS_SET[color].sum())
             set_bits["flow"] += int(_BITS_SET[flow].sum())

@@ -21,7 +21,6 @@ import argparse
 import csv
 import math
 import os
-from collections import defaultdict
 from pathlib import Path
 
 import cv2

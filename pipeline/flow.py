@@ -315,6 +315,28 @@ def open_flow_store(path: str | os.PathLike, expected: FlowParams, videos: Seque
     return group
 
 
+def recorded_params(path: str | os.PathLike) -> FlowParams:
+    """The flow settings a flow store records in its `params` attribute (FileNotFoundError when absent)."""
+    path = Path(path)
+    if not (path / "zarr.json").is_file():
+        raise FileNotFoundError(f"{path}: no flow store here (run rule flow for this shard)")
+    attrs = dict(zarr.open_group(path, mode="r", zarr_format=3).attrs)
+    if not isinstance(attrs.get("params"), dict):
+        raise FlowStoreMismatch(f"{path}: the store has no flow 'params' attribute (attributes {sorted(attrs)}); "
+                                f"delete it and rerun rule flow for this shard")
+    return FlowParams.from_json(json.dumps(attrs["params"]), f"{path}: attribute params")
+
+
+def open_recorded_flow_store(path: str | os.PathLike, shard_size: int, user: str) -> zarr.Group:
+    """A flow store opened with the flow settings it records (checked by `open_flow_store`), refused when it was
+    made with another flow.shard_size than `shard_size`, the one `user` (e.g. the frame index) was built with."""
+    params = recorded_params(path)
+    if params.shard_size != shard_size:
+        raise FlowStoreMismatch(f"{path}: made with flow.shard_size {params.shard_size}, {user} was built with "
+                                f"{shard_size}; rerun rules flow, affinity and frame_index")
+    return open_flow_store(path, params)
+
+
 def _dict_diff(found: Any, expected: Any, where: str) -> list[str]:
     """'key: store X, expected Y' for every leaf that differs between two nested dicts."""
     if isinstance(found, dict) and isinstance(expected, dict):

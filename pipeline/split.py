@@ -5,6 +5,12 @@ train_train the rest. The original list is not public, so this is a seeded recon
 reported beside the paper's (1847/391 videos, 51049/10796 images) in summary.json.
 
 CLI: python -m pipeline.split --root ROOT --params '{"videos_per_class": 10, "seed": 0}' --out-dir results/split
+    [--check-frames]
+
+Frame files are checked cheaply on every run: each exists and its header (JPEG SOF, PNG IHDR) gives the size
+train.json states. `--check-frames` also decodes every frame with the stages' reader (pipeline.ytvis.read_frame:
+truncated or undecodable files are errors): about 5 ms per 720p frame on one core, so a few minutes for
+YouTube-VIS; worth it once for a freshly copied dataset.
 """
 
 from __future__ import annotations
@@ -21,8 +27,8 @@ import numpy as np
 from tqdm import tqdm
 
 from pipeline.io import params_from_json, setup_logging, write_json_atomic
-from pipeline.ytvis import (Rle, YtvisDataset, YtvisError, compressed_counts, compressed_rle_stats, load_ytvis,
-                            ytvis_json)
+from pipeline.ytvis import (Rle, YtvisDataset, YtvisError, check_frames_decode, compressed_counts,
+                            compressed_rle_stats, load_ytvis, ytvis_json)
 
 PAPER_COUNTS = {"train_train": {"videos": 1847, "images": 51049},
                 "train_val": {"videos": 391, "images": 10796}}
@@ -69,6 +75,11 @@ def split_videos(dataset: YtvisDataset, videos_per_class: int, seed: int) -> tup
             continue
         picked = rng.choice(len(candidates), size=videos_per_class, replace=False)
         train_val.update(candidates[i] for i in picked)
+    if not train_val:
+        raise YtvisError(dataset.annotation_file, "dataset", "annotations",
+                         f"no video has an annotated track ({len(dataset.tracks)} annotations, "
+                         f"{len(dataset.categories)} categories), so train_val would be empty and evaluation "
+                         f"would have nothing to score; use the dataset's annotated train.json")
     train_train = [v.id for v in dataset.videos if v.id not in train_val]
     return train_train, sorted(train_val)
 
@@ -176,11 +187,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--annotation-file", default="train.json", help="relative to --root")
     parser.add_argument("--params", required=True, help="the `split` config section as JSON")
     parser.add_argument("--out-dir", required=True, type=Path)
+    parser.add_argument("--check-frames", action="store_true",
+                        help="also decode every frame (truncated or corrupt files are errors); slower")
     args = parser.parse_args(argv)
     setup_logging()
     params = params_from_json(SplitParams, args.params, "config section 'split'")
     try:
         dataset = load_ytvis(args.root, args.annotation_file, check_files=True, progress=True)
+        if args.check_frames:
+            check_frames_decode(dataset, progress=True)
         train_train, train_val = split_videos(dataset, params.videos_per_class, params.seed)
         coco = to_coco(dataset, train_val, progress=True)
     except YtvisError as e:

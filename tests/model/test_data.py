@@ -10,13 +10,13 @@ import pytest
 import torch
 from pycocotools import mask as mask_utils
 
-from model.data import (FrameDataset, IterationBatchSampler, Sample, SampleKey, augment, collate,
+from model.data import (FrameDataset, IterationBatchSampler, Sample, SampleKey, ShardStores, augment, collate,
                         grouped_batches, resized_shape)
 from pipeline.affinity import frame_masks, grid_shape, resize_packed, unpack_bits
 from pipeline.flow_codec import MAX_FLIP_ERROR, flow_to_rgb
 from pipeline.synthetic import video_name
 
-from conftest import AFFINITY
+from conftest import AFFINITY, BAD_ROW, FLOW_DAMAGE, FRAME_DAMAGE, PAIRS_DAMAGE, damaged_copy
 
 
 def _dataset(tiny: dict, min_sizes=(64,), max_size=64, flip_prob=0.5, flow=True) -> FrameDataset:
@@ -175,3 +175,48 @@ def test_flow_flip_table_equals_hflip_flow_rgb() -> None:
     table = FlowFlipTable()
     for rgb in (encoded, noise, encoded, noise):
         assert np.array_equal(table(rgb), hflip_flow_rgb(rgb))
+
+
+@pytest.mark.parametrize("how", FRAME_DAMAGE + FLOW_DAMAGE + PAIRS_DAMAGE)
+def test_bad_input_is_an_error_naming_file_or_store_video_and_frame(tiny_data: dict, tmp_path, how: str) -> None:
+    """Every damaged input of frame BAD_ROW raises (never zeros) naming what is at fault; the other shard still
+    reads. The loader writes nothing, so there is nothing to leave behind."""
+    paths, expected = damaged_copy(tiny_data, tmp_path, how)
+    data = _dataset(paths)
+    with pytest.raises(ValueError) as err:
+        data.read(BAD_ROW)
+    assert expected in str(err.value)
+    image, flow, pair_color, pair_flow, _, _ = data.read(0)  # shard 0, untouched
+    assert image.shape == flow.shape == (64, 64, 3) and pair_color.shape == pair_flow.shape == (16, 16)
+
+
+def test_shard_stores_return_the_stored_bytes(tiny_data: dict) -> None:
+    """ShardStores reads what zarr reads, for flow and both packed masks."""
+    import zarr
+
+    stores = ShardStores(tiny_data["index"], tiny_data["flow"], tiny_data["affinity"])
+    flow = zarr.open_group(str(tiny_data["flow"] / "shard_1.zarr"), mode="r")["3"]
+    pairs = zarr.open_group(str(tiny_data["affinity"] / "shard_1.zarr"), mode="r")["3"]
+    for t in range(3):
+        assert np.array_equal(stores.frame("flow", 1, 3, t, None, (64, 64, 3)), flow[t])
+        for name in ("color", "flow"):
+            assert np.array_equal(stores.frame("affinity", 1, 3, t, name, (16, 16)), pairs[name][t])
+    with pytest.raises(ValueError, match=r"video 3 flow has shape \(3, 64, 64, 3\), the index needs frame 0 of "
+                                         r"shape \(64, 65, 3\)"):
+        stores.frame("flow", 1, 3, 0, None, (64, 65, 3))
+
+
+def test_padder_places_images_top_left_on_zeros() -> None:
+    """pad_images against a hand-built loop; padded_size rounds the largest side up to 32."""
+    from model.data import pad_images, padded_size
+
+    rng = np.random.default_rng(0)
+    images = [rng.integers(1, 255, (40, 70, 3), dtype=np.uint8), rng.integers(1, 255, (33, 20, 3), dtype=np.uint8)]
+    assert padded_size([(40, 70), (33, 20)]) == (64, 96) and padded_size([(32, 64)]) == (32, 64)
+    out = pad_images(images, (64, 96))
+    want = np.zeros((2, 3, 64, 96), np.uint8)
+    for i, image in enumerate(images):
+        for y in range(image.shape[0]):
+            for x in range(image.shape[1]):
+                want[i, :, y, x] = image[y, x]
+    assert out.dtype == torch.uint8 and np.array_equal(out.numpy(), want)

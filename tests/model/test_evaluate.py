@@ -1,7 +1,8 @@
-"""Detections to COCO results, and a wrong checkpoint named clearly."""
+"""Detections to COCO results, a wrong checkpoint named clearly, padding, and bad inputs named and leaving nothing."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -9,8 +10,14 @@ import pycocotools.mask as mask_utils
 import pytest
 import torch
 
-from model.evaluate import load_trained, pad_batch, to_coco_results
+from model.evaluate import load_trained, main, pad_batch, to_coco_results
 from model.network import Detections
+from pipeline.split import to_coco
+from pipeline.ytvis import load_ytvis
+
+from conftest import FLOW_DAMAGE, FRAME_DAMAGE, damaged_copy
+from damage import leftovers
+from test_predict import EVALUATE, save_final
 
 
 def test_detections_become_coco_results_that_decode_back() -> None:
@@ -51,3 +58,30 @@ def test_a_training_checkpoint_is_not_a_final_one(tmp_path: Path) -> None:
     torch.save({"model": {}, "step": 3}, path)
     with pytest.raises(ValueError, match=f"{path}: no 'model_params', 'num_classes', 'category_ids'"):
         load_trained(path, "cpu")
+
+
+@pytest.fixture(scope="module")
+def two_stream_final(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny two-stream final.pt (it reads flow at inference)."""
+    path = tmp_path_factory.mktemp("final") / "final.pt"
+    save_final(path, two_stream=True)
+    return path
+
+
+@pytest.mark.parametrize("how", FRAME_DAMAGE + FLOW_DAMAGE)
+def test_bad_input_fails_evaluation_naming_it_and_writes_nothing(tiny_data: dict, two_stream_final: Path,
+                                                                 tmp_path: Path, how: str) -> None:
+    """A damaged frame or flow store of one train_val frame stops `python -m model.evaluate` with an error naming
+    the file or store, the video and the frame; neither metrics.json nor the results file nor a temporary is left."""
+    paths, expected = damaged_copy(tiny_data, tmp_path, how)
+    dataset = load_ytvis(paths["root"], check_files=False)  # the header check would find the wrong size
+    gt = tmp_path / "gt.json"
+    gt.write_text(json.dumps(to_coco(dataset, [v.id for v in dataset.videos])))
+    out = tmp_path / "eval"
+    with pytest.raises(ValueError) as err:
+        main(["--checkpoint", str(two_stream_final), "--index", str(paths["index"]), "--gt", str(gt),
+              "--frames", str(paths["frames"]), "--flow", str(paths["flow"]), "--params", json.dumps(EVALUATE),
+              "--experiment", "tiny", "--dataset", "tiny", "--out", str(out / "metrics.json"),
+              "--results", str(out / "results.json"), "--batch-size", "12", "--workers", "0", "--device", "cpu"])
+    assert expected in str(err.value)
+    assert not out.exists() and leftovers(tmp_path) == []

@@ -17,6 +17,8 @@ from model.predict import Frame, chunk_flow, chunks_with_context, load_checkpoin
 from pipeline.flow import DisEstimator, FlowParams, encode_video, video_flow
 from pipeline.io import params_from_json
 
+from damage import damage_frame, leftovers
+
 TINY_MODEL = Path(__file__).parent / "tiny_model.json"
 EVALUATE = {"min_size": 64, "max_size": 96, "score_thresh": 0.0, "nms_thresh": 0.6, "topk_per_level": 50,
             "max_dets": 5, "mask_thresh": 0.5}
@@ -233,3 +235,24 @@ def test_boxinst_needs_no_flow(inputs: dict[str, Path], tmp_path: Path) -> None:
     params = params_from_json(EvaluateParams, json.dumps(EVALUATE), "evaluate")
     info = run(inputs["folder"], path, params, None, tmp_path / "out", "cpu", 4, 0.3)
     assert len(info["images"]) == 5 and len(list((tmp_path / "out" / "overlays").iterdir())) == 5
+
+
+@pytest.mark.parametrize("how", ["truncated_jpeg", "wrong_size"])
+def test_bad_frame_stops_prediction_naming_it_and_leaves_nothing(inputs: dict[str, Path], checkpoint: Path,
+                                                                 tmp_path: Path, how: str) -> None:
+    """The last of five JPEG frames is damaged: the error names file and frame, and although frames 0 and 1 were
+    predicted and their overlays written (to the temporary folder), no overlay, JSON, output folder or temporary
+    is left."""
+    folder = tmp_path / "jpegs"
+    folder.mkdir()
+    for png in sorted(inputs["folder"].iterdir()):
+        cv2.imwrite(str(folder / f"{png.stem}.jpg"), cv2.imread(str(png)))
+    bad = folder / "f004.jpg"
+    damage_frame(bad, how)
+    out = tmp_path / "out"
+    with pytest.raises(ValueError) as err:
+        predict(folder, checkpoint, out)
+    expected = {"truncated_jpeg": f"{bad}: frame 4 is a truncated JPEG",
+                "wrong_size": f"{bad}: frame 4 is 64x52, the first frame 64x48"}[how]
+    assert expected in str(err.value)
+    assert not out.exists() and leftovers(tmp_path) == []

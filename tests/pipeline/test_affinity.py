@@ -13,6 +13,8 @@ import yaml
 from pipeline import affinity as aff
 from pipeline.io import params_from_json
 
+from damage import damage_chunk, damage_frame, leftovers, set_store_attribute
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -344,3 +346,49 @@ def test_cli_rejects_flow_store_of_another_shard(make_ytvis, tmp_path):
         aff.main(["--root", str(root), "--annotations", str(root / "train.json"), "--shard", "1",
                   "--flow", str(flow_store), "--params", json.dumps(section), "--out", str(out)])
     assert not out.exists()
+
+
+@pytest.mark.parametrize("how", ["truncated_jpeg", "wrong_size", "missing_chunk", "corrupt_chunk",
+                                 "flow_store_of_another_shard", "flow_store_of_another_format"])
+def test_bad_input_fails_the_job_naming_it_and_leaves_nothing(make_ytvis, tmp_path, how):
+    root = make_ytvis(videos=6, frames=3)  # shard 1 of size 4: videos 129 and 136 (vid004ab, vid005ab)
+    flow_store = tmp_path / "flow" / "shard_1.zarr"
+    write_flow_store(flow_store, root, shard=0 if how == "flow_store_of_another_shard" else 1, shard_size=4)
+    frame = root / "JPEGImages" / "vid005ab" / "00010.jpg"  # video 136 frame 2, after video 129 was computed
+    expected = {"truncated_jpeg": f"{frame}: video 136 frame 2 is a truncated JPEG",
+                "wrong_size": f"{frame}: video 136 frame 2 is 32x28, train.json says 32x24",
+                "missing_chunk": f"{flow_store}: video 136 flow: frame 2: chunk 136/c/2/0/0/0 is missing",
+                "corrupt_chunk": f"{flow_store}: video 136 flow: frame 2: chunk 136/c/2/0/0/0 cannot be decoded",
+                "flow_store_of_another_shard": f"{flow_store}: holds videos [101, 108, 115, 122], expected [129, 136]",
+                "flow_store_of_another_format": f"{flow_store}: store format 0, this code reads 1"}[how]
+    if how in ("truncated_jpeg", "wrong_size"):
+        damage_frame(frame, how)
+    elif how in ("missing_chunk", "corrupt_chunk"):
+        damage_chunk(flow_store / "136" / "c" / "2" / "0" / "0" / "0", how)
+    elif how == "flow_store_of_another_format":
+        set_store_attribute(flow_store, ("format",), 0)
+    out = tmp_path / "affinity" / "shard_1.zarr"
+    section = {"theta_color": 2.0, "tau_color": 0.3, "theta_flow": 0.5, "tau_flow": 0.6, "bottom_rows": 10}
+    with pytest.raises(ValueError) as err:
+        aff.main(["--root", str(root), "--annotations", str(root / "train.json"), "--shard", "1",
+                  "--flow", str(flow_store), "--params", json.dumps(section), "--out", str(out),
+                  "--log-json", str(tmp_path / "affinity" / "shard_1.json")])
+    assert expected in str(err.value)
+    assert not out.parent.exists() or list(out.parent.iterdir()) == []
+    assert leftovers(tmp_path) == []
+
+
+def test_stage_store_is_accepted_by_its_reader_and_other_stores_are_not(make_ytvis, tmp_path):
+    root = make_ytvis(videos=6, frames=2)
+    flow_store = tmp_path / "flow" / "shard_1.zarr"
+    flow_attrs = write_flow_store(flow_store, root, shard=1, shard_size=4)
+    out = tmp_path / "affinity" / "shard_1.zarr"
+    aff.run_shard(root, Path("train.json"), 1, flow_store, aff.AffinityParams(2.0, 0.3, 0.5, 0.6, 10), out)
+    assert aff.open_affinity_store(out, 1, flow_attrs).attrs["videos"] == [129, 136]
+    with pytest.raises(aff.AffinityStoreMismatch, match=f"{out}: store of shard 1, expected shard 0"):
+        aff.open_affinity_store(out, 0, flow_attrs)
+    with pytest.raises(aff.AffinityStoreMismatch, match=r"built from another flow store .*\['params'\] differ"):
+        aff.open_affinity_store(out, 1, flow_attrs | {"params": flow_attrs["params"] | {"estimator": "gma"}})
+    set_store_attribute(out, ("neighbour_offsets",), [[0, 2]] * 8)
+    with pytest.raises(aff.AffinityStoreMismatch, match="neighbour order"):
+        aff.open_affinity_store(out, 1, flow_attrs)

@@ -22,6 +22,8 @@ from pipeline.flow import (DisEstimator, FlowParams, FlowStoreMismatch, GmaEstim
 from pipeline.flow_codec import flow_to_rgb
 from pipeline.ytvis import load_ytvis
 
+from damage import damage_frame, leftovers
+
 REPO = Path(__file__).resolve().parents[2]
 SECTION = {"estimator": "dis", "shard_size": 2,
            "gma": {"checkpoint": "weights/gma-sintel.pth", "iters": 12, "dtype": "float32"},
@@ -381,3 +383,15 @@ def test_gma_checkpoint_fetch(tmp_path):
     assert sorted(p.name for p in (tmp_path / "weights").iterdir()) == ["gma-sintel.pth"]  # no temporaries
     with pytest.raises(CheckpointUnavailable, match="flow.gma.checkpoint"):
         main(["--dest", str(tmp_path / "weights" / "mine.pth")])
+
+
+@pytest.mark.parametrize("how", ["truncated_jpeg", "wrong_size"])
+def test_damaged_frame_fails_the_job_naming_it_and_leaves_nothing(make_ytvis, tmp_path, how):
+    root = make_ytvis(videos=3, frames=3)  # shard 0 of size 2: videos 101 and 108
+    frame = root / "JPEGImages" / "vid001ab" / "00010.jpg"  # video 108, frame 2: after video 101 was stored
+    damage_frame(frame, how)
+    out = tmp_path / "flow" / "shard_0.zarr"
+    with pytest.raises(ValueError) as err:
+        run_cli(root, out, 0, SECTION)
+    assert f"{frame}: video 108 frame 2" in str(err.value)
+    assert sorted(os.listdir(out.parent)) == [] and leftovers(tmp_path) == []  # no store, no log, no temporary

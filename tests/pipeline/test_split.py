@@ -11,6 +11,8 @@ from pycocotools.coco import COCO
 from pipeline.split import PAPER_COUNTS, main, split_videos, to_coco
 from pipeline.ytvis import YtvisError, load_ytvis
 
+from damage import damage_frame, leftovers
+
 
 def decode_uncompressed(counts: list[int], height: int, width: int) -> np.ndarray:
     """Brute-force decoding of an uncompressed COCO RLE to a (H, W) uint8 mask."""
@@ -170,3 +172,32 @@ def test_cli_rejects_bad_params(make_ytvis, tmp_path):
     with pytest.raises(ValueError, match="unknown keys"):
         main(["--root", str(root), "--params", '{"seed": 0, "videos_per_class": 1, "x": 1}',
               "--out-dir", str(tmp_path)])
+
+
+def test_cli_checks_frame_headers_and_decodes_frames_with_check_frames(make_ytvis, tmp_path, capsys):
+    root = make_ytvis(videos=4, frames=3)
+    section = '{"seed": 0, "videos_per_class": 2}'
+    frame = root / "JPEGImages" / "vid002ab" / "00010.jpg"
+    damage_frame(frame, "wrong_size")
+    out = tmp_path / "split"
+    assert main(["--root", str(root), "--params", section, "--out-dir", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert "video 115: field 'file_names[2]'" in err and "32x28 (by its header)" in err
+    assert not out.exists()
+    root = make_ytvis("truncated", videos=4, frames=3)
+    damage_frame(root / "JPEGImages" / "vid002ab" / "00010.jpg", "truncated_jpeg")
+    assert main(["--root", str(root), "--params", section, "--out-dir", str(out)]) == 0  # the header is intact
+    capsys.readouterr()
+    out = tmp_path / "checked"
+    assert main(["--root", str(root), "--params", section, "--out-dir", str(out), "--check-frames"]) == 1
+    assert "vid002ab/00010.jpg: video 115 frame 2 is a truncated JPEG" in capsys.readouterr().err
+    assert not out.exists() and leftovers(tmp_path) == []
+
+
+def test_cli_refuses_an_empty_train_val(make_ytvis, tmp_path, capsys):
+    root = make_ytvis(videos=3, frames=2, tracks_per_video=0)
+    out = tmp_path / "split"
+    assert main(["--root", str(root), "--params", '{"seed": 0, "videos_per_class": 2}', "--out-dir", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert f"{root / 'train.json'}: dataset: field 'annotations': no video has an annotated track" in err
+    assert not out.exists()

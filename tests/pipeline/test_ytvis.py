@@ -13,6 +13,8 @@ from pycocotools import mask as mask_utils
 from pipeline import ytvis
 from pipeline.ytvis import Rle, YtvisError, compressed_rle_stats, load_ytvis, write_ytvis
 
+from damage import damage_frame
+
 
 def edit(root: Path, change) -> None:
     """Apply `change(data)` to root/train.json in place."""
@@ -334,3 +336,63 @@ def test_error_values_are_cut_short():
     assert ytvis._short(10**400) == "an integer of 80+ digits"
     assert ytvis._short("a" * 100) == "'" + "a" * 79 + "..."
     assert ytvis._short([1.5, None]) == "[1.5, None]"
+
+
+# --- frame files: the one reader and the header check ----------------------------------------------------
+
+@pytest.mark.parametrize("how", ["truncated_jpeg", "wrong_size"])
+def test_read_frame_refuses_a_damaged_frame_naming_file_video_and_frame(make_ytvis, how):
+    root = make_ytvis(videos=2, frames=3)
+    path = root / "JPEGImages" / "vid001ab" / "00010.jpg"
+    damage_frame(path, how)
+    with pytest.raises(ValueError) as err:
+        ytvis.read_frame(path, 108, 2, 24, 32)
+    assert str(path) in str(err.value) and "video 108 frame 2" in str(err.value)
+    assert ("truncated JPEG" if how == "truncated_jpeg" else "32x28, train.json says 32x24") in str(err.value)
+
+
+def test_read_frame_equals_opencv_on_good_files_and_allows_nul_padding(make_ytvis, tmp_path):
+    import cv2
+
+    root = make_ytvis(videos=1, frames=2)
+    path = root / "JPEGImages" / "vid000ab" / "00005.jpg"
+    want = cv2.imread(str(path))[..., ::-1]
+    assert np.array_equal(ytvis.read_frame(path, 101, 1, 24, 32), want)
+    padded = tmp_path / "padded.jpg"
+    padded.write_bytes(path.read_bytes() + bytes(100))  # some tools pad files with NULs after the EOI marker
+    assert np.array_equal(ytvis.read_frame(padded, 101, 1, 24, 32), want)
+    with pytest.raises(FileNotFoundError, match="video 101 frame 7 is missing"):
+        ytvis.read_frame(tmp_path / "absent.jpg", 101, 7, 24, 32)
+    (tmp_path / "junk.jpg").write_bytes(b"\xff\xd8 not really a jpeg \xff\xd9")
+    with pytest.raises(ValueError, match="junk.jpg: video 101 frame 0 is not a readable image"):
+        ytvis.read_frame(tmp_path / "junk.jpg", 101, 0, 24, 32)
+
+
+@pytest.mark.parametrize("kind", ["baseline", "progressive", "big_app_segment", "png"])
+def test_frame_size_from_the_header_equals_the_decoded_size(tmp_path, kind):
+    import cv2
+
+    image = np.random.default_rng(0).integers(0, 255, (37, 53, 3), np.uint8)
+    path = tmp_path / ("f.png" if kind == "png" else "f.jpg")
+    flags = [cv2.IMWRITE_JPEG_PROGRESSIVE, 1] if kind == "progressive" else []
+    cv2.imwrite(str(path), image, flags)
+    if kind == "big_app_segment":  # an APP1 segment of 3000 bytes (EXIF-like) before the frame header
+        data = path.read_bytes()
+        path.write_bytes(data[:2] + b"\xff\xe1" + (3002).to_bytes(2, "big") + bytes(3000) + data[2:])
+    assert ytvis.frame_size(path) == cv2.imread(str(path)).shape[:2] == (37, 53)
+    data = path.read_bytes()
+    path.write_bytes(data[:20])  # cut inside the header
+    with pytest.raises(ValueError, match=f"{path}: truncated"):
+        ytvis.frame_size(path)
+
+
+def test_frame_check_names_a_wrongly_sized_or_foreign_frame_file(make_ytvis):
+    root = make_ytvis(videos=3, frames=4)
+    damage_frame(root / "JPEGImages" / "vid002ab" / "00015.jpg", "wrong_size")
+    with pytest.raises(YtvisError, match=r"video 115: field 'file_names\[3\]'.*vid002ab/00015.jpg is 32x28 "
+                                         r"\(by its header\), the video's width x height is 32x24"):
+        load_ytvis(root)
+    root = make_ytvis("other", videos=3, frames=4)
+    (root / "JPEGImages" / "vid000ab" / "00000.jpg").write_text("a text file")
+    with pytest.raises(YtvisError, match=r"video 101: field 'file_names\[0\]'.*00000.jpg: neither a JPEG"):
+        load_ytvis(root)

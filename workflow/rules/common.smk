@@ -76,9 +76,14 @@ def experiment_model(wildcards):
     return json.dumps(pipeline.config.experiment_model(config, wildcards.exp), sort_keys=True)
 
 
+def affinity_store(k):
+    """The affinity store of shard k (rule affinity)."""
+    return f"results/affinity/shard_{k}.zarr"
+
+
 def affinity_stores():
     """Every shard's affinity store (rule affinity)."""
-    return [f"results/affinity/shard_{k}.zarr" for k in shard_ids()]
+    return [affinity_store(k) for k in shard_ids()]
 
 
 def final_targets():
