@@ -122,7 +122,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--results", required=True, type=Path, help="results/eval/<exp>/coco_results.json")
     ap.add_argument("--metrics", required=True, type=Path, help="results/eval/<exp>/metrics.json")
     ap.add_argument("--motion", required=True, type=Path, help="results/eval/object_motion.json")
-    ap.add_argument("--camouflage", type=Path, help="the synthetic dataset's train.json")
+    ap.add_argument("--camouflage", type=Path, nargs="?",
+                    help="the synthetic dataset's train.json (a bare --camouflage: none, real data)")
     ap.add_argument("--params", required=True, help="the evaluate.subsets config section (JSON)")
     ap.add_argument("--out", required=True, type=Path, help="results/eval/<exp>/subsets.json")
     args = ap.parse_args(argv)

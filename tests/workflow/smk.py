@@ -27,8 +27,9 @@ evaluate: {min_size: 64, max_size: 96}
 
 # The report's figure jobs that every run with BoxInst and Ours R-50 experiments plans (rules in report.smk),
 # and those of them that a training edit reruns.
-FIGURES = {"figure_tables": 1, "figure_training_curves": 1, "figure_masks": 1, "figure_activations": 1}
-AFTER_TRAINING = {"train", "evaluate", "tables", *FIGURES}
+FIGURES = {"figure_tables": 1, "figure_training_curves": 1, "figure_masks": 1, "figure_activations": 1,
+           "figure_subset_ap": 1}
+AFTER_TRAINING = {"train", "evaluate", "subset_ap", "tables", *FIGURES}
 
 
 def environment(**extra: str) -> dict[str, str]:
