@@ -3,15 +3,20 @@ the other objects (and their detections) removed, and on a ground truth with the
 
 from __future__ import annotations
 
+import json
 import time
+from pathlib import Path
 
+import cv2
 import numpy as np
 import pycocotools.mask as mask_utils
 import pytest
 
 from model.bootstrap import draws, interval, paired_difference, replicates
 from model.coco_eval import STAT_NAMES, accumulated_stats, evaluate_results, evaluated, load_coco
+from model.figures import main as figures_main
 from model.subsets import SubsetParams, define_subsets, motion_bin, subset_gt, subset_metrics
+from model.subsets import main as subsets_main
 
 H = W = 96
 CELLS = [(4, 4), (52, 4), (4, 52), (52, 52)]  # top-left corners of four separate 40x40 cells
@@ -163,7 +168,8 @@ def test_interval_contains_the_estimate_and_shrinks_with_more_videos() -> None:
         gt, dets, _ = scene(videos=videos, frames=2, seed=4)
         params = SubsetParams(motion_edges=[0.5, 2.0], ring_px=3, resamples=100, seed=0, level=0.95)
         began = time.perf_counter()
-        ap = subset_metrics(gt, dets, {"all": {a["id"] for a in gt["annotations"]}}, params)["all"]["segm"]["AP"]
+        metrics, _ = subset_metrics(gt, dets, {"all": {a["id"] for a in gt["annotations"]}}, params)
+        ap = metrics["all"]["segm"]["AP"]
         low, high = ap["interval"]
         assert low <= ap["value"] <= high and high > low
         widths.append(high - low)
@@ -177,3 +183,34 @@ def test_interval_of_replicates_without_values() -> None:
     assert interval([None, None]) is None
     assert interval([1.0, None, 3.0], level=0.5) == pytest.approx((1.5, 2.5))
     assert paired_difference([1.0, None], [0.5, 2.0]) == [0.5, None]
+
+
+def test_cli_writes_subsets_and_the_figure_draws_them(tmp_path: Path) -> None:
+    """model.subsets on files: camouflage from a train.json info, motion bins from object_motion.json, subset
+    `all` equal to evaluate's AP; an empty bin has null AP. The subset figure of two runs is a PNG."""
+    gt, dets, kind = scene(videos=3, frames=2, seed=5)
+    files = {"gt": gt, "results": [{k: v for k, v in d.items() if k != "on"} for d in dets],
+             "metrics": {"experiment": "ours", "dataset": "synthetic", "backbone": "resnet18"},
+             "motion": {"motion": {str(a["id"]): (0.1 if kind[a["id"]] == "a" else 1.5) for a in gt["annotations"]}},
+             "train": {"info": {"camouflaged_annotation_ids": sorted({a["instance_id"] for a in gt["annotations"]
+                                                                      if kind[a["id"]] == "a"})}}}
+    for name, content in files.items():
+        (tmp_path / f"{name}.json").write_text(json.dumps(content))
+    out = tmp_path / "subsets.json"
+    subsets_main(["--gt", str(tmp_path / "gt.json"), "--results", str(tmp_path / "results.json"),
+                  "--metrics", str(tmp_path / "metrics.json"), "--motion", str(tmp_path / "motion.json"),
+                  "--camouflage", str(tmp_path / "train.json"), "--out", str(out),
+                  "--params", json.dumps({"motion_edges": [0.5, 1.0], "ring_px": 3, "resamples": 20, "seed": 0,
+                                          "level": 0.9})])
+    written = json.loads(out.read_text())
+    assert list(written["subsets"]) == ["all", "camouflaged", "distinct", "static", "slow", "fast"]
+    assert written["subsets"]["camouflaged"]["objects"] == written["subsets"]["static"]["objects"] > 0
+    assert written["subsets"]["slow"]["segm"]["AP"] == {"value": None, "interval": None, "replicates": [None] * 20}
+    expected = evaluate_results(load_coco(gt), files["results"], "bbox")["AP"]
+    assert written["subsets"]["all"]["bbox"]["AP"]["value"] == pytest.approx(expected)
+    assert set(written["bootstrap"]["seconds"]) == {"evaluate", "resample"}
+    base = tmp_path / "boxinst.json"
+    base.write_text(json.dumps(written | {"experiment": "boxinst"}))
+    figures_main(["subsets", "--subsets", str(base), str(out), "--out", str(tmp_path / "subset_ap.png")])
+    image = cv2.imread(str(tmp_path / "subset_ap.png"))
+    assert image is not None and image.shape[0] > 100 and image.shape[1] > 300
