@@ -85,10 +85,20 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
     return sorted(records, key=lambda r: r["step"])
 
 
-def experiment_label(name: str, experiments: dict[str, Any]) -> str:
-    """'BoxInst R-50 (boxinst)': the paper row the experiment reproduces, then its config name."""
+def experiment_label(name: str, experiments: dict[str, Any], backbone: str) -> str:
+    """'BoxInst, R-18 (boxinst)': the method of the paper row the experiment reproduces with the backbone it
+    trained (not the paper's), then its config name."""
     paper = experiments.get(name, {}).get("paper")
-    return f"{ROW_LABELS[paper]} ({name})" if paper in ROW_LABELS else name
+    method = ROW_LABELS[paper].removesuffix(" R-50").removesuffix(" R-101") if paper in ROW_LABELS else name
+    return f"{method}, {backbone_label(backbone)} ({name})"
+
+
+def trained_backbone(final: Path) -> str:
+    """The backbone a final.pt was trained with (its model_params)."""
+    state = torch.load(final, map_location="cpu", weights_only=True)
+    if "model_params" not in state:
+        raise KeyError(f"{final}: not a mowis final checkpoint (no 'model_params'); rerun rule train")
+    return state["model_params"]["backbone"]
 
 
 # --- training curves and flow quality ---------------------------------------------------------------------
@@ -358,8 +368,8 @@ def tables_page(tables: dict[str, str]) -> str:
 def cmd_curves(args: argparse.Namespace) -> None:
     """Training curves of every experiment, from the metrics.jsonl beside each final.pt."""
     experiments = json.loads(args.experiments)
-    curves = {experiment_label(p.parent.name, experiments): read_metrics(p.parent / "metrics.jsonl")
-              for p in args.final}
+    curves = {experiment_label(p.parent.name, experiments, trained_backbone(p)):
+              read_metrics(p.parent / "metrics.jsonl") for p in args.final}
     plot_training_curves(curves, args.out)
 
 
@@ -390,7 +400,8 @@ def cmd_masks(args: argparse.Namespace) -> None:
         per_image: dict[int, list[dict[str, Any]]] = {}
         for r in results:
             per_image.setdefault(r["image_id"], []).append(r)
-        columns[experiment_label(path.parent.name, experiments)] = [
+        backbone = json.loads((path.parent / "metrics.json").read_text())["backbone"]  # evaluate wrote both
+        columns[experiment_label(path.parent.name, experiments, backbone)] = [
             decode_masks(shown_detections(per_image.get(image_ids[(ex.video_id, ex.frame_index)], []),
                                           args.show_thresh, args.max_shown), ex.height, ex.width)
             for ex in examples]

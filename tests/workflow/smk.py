@@ -22,7 +22,7 @@ flow:
 model: {fpn_channels: 16, mask_branch_channels: 16, head_convs: 1, pairwise_warmup: 2}
 train: {iters: 4, batch_size: 2, base_batch: 2, warmup_iters: 1, steps: [3], min_sizes: [64], max_size: 96,
         checkpoint_every: 2}
-evaluate: {min_size: 64, max_size: 96}
+evaluate: {min_size: 64, max_size: 96, subsets: {resamples: 50}}
 """
 
 # The report's figure jobs that every run with BoxInst and Ours R-50 experiments plans (rules in report.smk),

@@ -3,6 +3,7 @@ downstream of the edited section, and no edit reruns nothing."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -30,7 +31,8 @@ def train_runs(workdir: Path) -> dict[str, int]:
 def test_config_edits_rerun_exactly_the_downstream_stages(tmp_path: Path) -> None:
     """No edit: nothing planned. train.lr: train, evaluate, tables and the figures made from trained models.
     affinity.tau_flow: affinity and those, not flow. The lr rerun runs those rules only, trains afresh (a new
-    trajectory), and leaves nothing planned."""
+    trajectory), and leaves nothing planned. Editing the motion bin edges then reruns subset AP, the tables and
+    their figures, not inference: new bins, the same numbers on all objects."""
     base = write_config(tmp_path / "tiny.yaml")
     first = snakemake(tmp_path, "--cores", "2", "--configfile", str(base))
     assert {"synthetic", "flow", "affinity", "train", "evaluate", "tables"} <= ran_rules(first)
@@ -54,3 +56,19 @@ def test_config_edits_rerun_exactly_the_downstream_stages(tmp_path: Path) -> Non
     assert train_runs(tmp_path) == {exp: n + 1 for exp, n in runs.items()}  # a fresh run, not a resumed one
     assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "results/flow").iterdir()} == flow
     assert plan(lr) == set()
+
+    # motion bin edges: subset AP, the tables and their figures only; new bins, the same AP on all objects
+    before = {exp: json.loads((tmp_path / f"results/eval/{exp}/subsets.json").read_text()) for exp in runs}
+    metrics = {exp: (tmp_path / f"results/eval/{exp}/metrics.json").stat().st_mtime_ns for exp in runs}
+    edges = write_config(tmp_path / "edges.yaml", train={"lr": 2.0e-2},
+                         evaluate={"subsets": {"resamples": 50, "motion_edges": [0.1, 0.2]}})
+    subset_rules = {"subset_ap", "tables", "figure_tables", "figure_subset_ap"}
+    assert plan(edges) == subset_rules
+    assert ran_rules(snakemake(tmp_path, "--cores", "2", "--configfile", str(edges))) == subset_rules
+    for exp in runs:
+        after = json.loads((tmp_path / f"results/eval/{exp}/subsets.json").read_text())
+        assert after["motion_edges_px_per_frame"] == [0.1, 0.2] != before[exp]["motion_edges_px_per_frame"]
+        assert after["subsets"]["all"] == before[exp]["subsets"]["all"]
+        assert [after["subsets"][b]["objects"] for b in ("static", "slow", "fast")] != [
+            before[exp]["subsets"][b]["objects"] for b in ("static", "slow", "fast")]
+        assert (tmp_path / f"results/eval/{exp}/metrics.json").stat().st_mtime_ns == metrics[exp]

@@ -67,6 +67,7 @@ if experiment_of_row("boxinst_r50") and experiment_of_row("ours_r50"):
             gt="results/split/train_val_coco.json",
             index="results/index/train_val.h5",
             results=[f"results/eval/{experiment_of_row(row)}/coco_results.json" for row in ("boxinst_r50", "ours_r50")],
+            metrics=[f"results/eval/{experiment_of_row(row)}/metrics.json" for row in ("boxinst_r50", "ours_r50")],
         output:
             report("results/figures/fig1_masks.png", caption="../report/fig1_masks.rst", category="Qualitative"),
         params:
