@@ -209,6 +209,11 @@ def test_cli_writes_subsets_and_the_figure_draws_them(tmp_path: Path) -> None:
     expected = evaluate_results(load_coco(gt), files["results"], "bbox")["AP"]
     assert written["subsets"]["all"]["bbox"]["AP"]["value"] == pytest.approx(expected)
     assert set(written["bootstrap"]["seconds"]) == {"evaluate", "resample"}
+    args = ["--gt", str(tmp_path / "gt.json"), "--results", str(tmp_path / "results.json"), "--metrics",
+            str(tmp_path / "metrics.json"), "--motion", str(tmp_path / "motion.json"), "--out", str(tmp_path / "r.json"),
+            "--params", json.dumps({"motion_edges": [0.5, 1.0], "ring_px": 3, "resamples": 2, "seed": 0, "level": 0.9})]
+    subsets_main(args + ["--camouflage"])  # real data: the rule passes a bare --camouflage
+    assert list(json.loads((tmp_path / "r.json").read_text())["subsets"]) == ["all", "static", "slow", "fast"]
     base = tmp_path / "boxinst.json"
     base.write_text(json.dumps(written | {"experiment": "boxinst"}))
     figures_main(["subsets", "--subsets", str(base), str(out), "--out", str(tmp_path / "subset_ap.png")])
