@@ -310,6 +310,7 @@ def plot_subset_ap(runs: dict[str, dict[str, Any]], out: Path) -> None:
         ax.set_xticks(x, [f"{n}\n({next(iter(runs.values()))['subsets'][n]['objects']})" for n in names],
                       fontsize=8)
         ax.set_title(title)
+        ax.set_ylim(bottom=0)
         ax.grid(axis="y", alpha=0.3)
     axes[0, 0].set_ylabel("AP (%), 95 % interval over videos")
     axes[0, 0].legend(fontsize=8)
