@@ -1,4 +1,9 @@
-"""COCO AP with pycocotools: results lists in, the paper's metric names out (method §6)."""
+"""COCO AP with pycocotools: results lists in, the paper's metric names out (method §6).
+
+`evaluated` runs COCOeval's per-image matching (evalImgs) once; `precision_stats` reads the six AP numbers
+off an accumulated precision array, as COCOeval.summarize does, so that model.bootstrap can re-run only
+`accumulate` on resampled images and read the same numbers.
+"""
 
 from __future__ import annotations
 
@@ -7,10 +12,12 @@ import copy
 import io
 from typing import Any, Literal
 
+import numpy as np
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+IouType = Literal["segm", "bbox"]
 
 
 def load_coco(gt: dict) -> COCO:
@@ -22,13 +29,44 @@ def load_coco(gt: dict) -> COCO:
     return coco
 
 
-def _detections_coco(coco_gt: COCO, dets: list[dict[str, Any]]) -> COCO:
-    """The detections as a COCO object over the ground truth's images; an empty one for no detections
-    (pycocotools' loadRes cannot load an empty list)."""
-    if dets:
-        return coco_gt.loadRes(dets)
-    return load_coco({"images": coco_gt.dataset["images"], "annotations": [],
-                      "categories": coco_gt.dataset["categories"]})
+def detections_for(results: list[dict[str, Any]], iou_type: IouType) -> list[dict[str, Any]]:
+    """`results` without the field the other IoU type uses: a `segm` result keeps its mask only (pycocotools
+    then takes its area from the mask, as detectron2 does), a `bbox` result its box only."""
+    drop = "bbox" if iou_type == "segm" else "segmentation"
+    return [{k: v for k, v in r.items() if k != drop} for r in results]
+
+
+def evaluated(coco_gt: COCO, results: list[dict[str, Any]], iou_type: IouType) -> COCOeval:
+    """COCOeval after `evaluate` (per-image matches in evalImgs, not yet accumulated). No results is an empty
+    detection set (pycocotools' loadRes cannot load an empty list)."""
+    if results:
+        with contextlib.redirect_stdout(io.StringIO()):
+            coco_dt = coco_gt.loadRes(detections_for(results, iou_type))
+    else:
+        coco_dt = load_coco({key: coco_gt.dataset[key] for key in ("images", "categories")} | {"annotations": []})
+    with contextlib.redirect_stdout(io.StringIO()):
+        ev = COCOeval(coco_gt, coco_dt, iou_type)
+        ev.evaluate()
+    return ev
+
+
+def precision_stats(precision: np.ndarray, iou_thrs: np.ndarray) -> dict[str, float | None]:
+    """AP, AP50, AP75, APs, APm, APl in percent from COCOeval precision (T, R, K, A) at the largest max-dets,
+    areas in COCO's order (all, small, medium, large); None where no class has ground truth (COCO's -1)."""
+    def mean(p: np.ndarray) -> float | None:
+        p = p[p > -1]
+        return float(100 * p.mean()) if p.size else None
+    t50, t75 = (int(np.argmin(np.abs(iou_thrs - t))) for t in (0.5, 0.75))
+    return {"AP": mean(precision[..., 0]), "AP50": mean(precision[t50, ..., 0]),
+            "AP75": mean(precision[t75, ..., 0]), "APs": mean(precision[..., 1]),
+            "APm": mean(precision[..., 2]), "APl": mean(precision[..., 3])}
+
+
+def accumulated_stats(ev: COCOeval) -> dict[str, float | None]:
+    """COCOeval.accumulate on every evaluated image, then precision_stats at the largest max-dets."""
+    with contextlib.redirect_stdout(io.StringIO()):
+        ev.accumulate()
+    return precision_stats(ev.eval["precision"][..., -1], ev.params.iouThrs)
 
 
 def evaluate_results(coco_gt: COCO, results: list[dict[str, Any]],
@@ -40,12 +78,9 @@ def evaluate_results(coco_gt: COCO, results: list[dict[str, Any]],
     A metric pycocotools reports as -1 (no ground-truth object in that size range, or a class with no
     ground truth in the split) is None (null in JSON), never 0: there is nothing to score.
     """
-    drop = "bbox" if iou_type == "segm" else "segmentation"
-    dets = [{k: v for k, v in r.items() if k != drop} for r in results]
     cat_names = {c["id"]: c["name"] for c in coco_gt.dataset["categories"]}
+    ev = evaluated(coco_gt, results, iou_type)
     with contextlib.redirect_stdout(io.StringIO()):
-        ev = COCOeval(coco_gt, _detections_coco(coco_gt, dets), iou_type)
-        ev.evaluate()
         ev.accumulate()
         ev.summarize()
     stats = {name: (float(100 * ev.stats[i]) if ev.stats[i] >= 0 else None) for i, name in enumerate(STAT_NAMES)}
@@ -56,4 +91,4 @@ def evaluate_results(coco_gt: COCO, results: list[dict[str, Any]],
         p = precision[:, :, k]
         p = p[p > -1]
         per_class[cat_names[cid]] = float(100 * p.mean()) if p.size else None
-    return {**stats, "per_class": per_class, "num_detections": len(dets)}
+    return {**stats, "per_class": per_class, "num_detections": len(results)}

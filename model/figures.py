@@ -10,6 +10,7 @@ subcommand per figure (the `figure_*` rules of workflow/rules/report.smk):
     python -m model.figures activations --checkpoint results/train/<exp>/final.pt --index train_val.h5 \
         --frames <root>/JPEGImages --flow results/flow --params '<evaluate JSON>' --out PNG
     python -m model.figures tables --tables results/tables --out HTML
+    python -m model.figures subsets --subsets results/eval/<exp>/subsets.json ... --out PNG
 
 Fig. 1 (masks): ground truth beside each experiment's evaluated detections on a few train_val frames, the
 middle annotated frame of evenly spaced videos (never chosen by how well a model does on them).
@@ -42,7 +43,7 @@ from torch import Tensor  # noqa: E402
 from model.evaluate import EvalFrames, EvaluateParams, load_trained, pad_batch  # noqa: E402
 from model.network import TwoStreamCondInst  # noqa: E402
 from model.predict import blend_masks  # noqa: E402
-from model.tables import ROW_LABELS  # noqa: E402
+from model.tables import ROW_LABELS, backbone_label  # noqa: E402
 from pipeline.io import write_bytes_atomic  # noqa: E402
 from pipeline.io import params_from_json, setup_logging  # noqa: E402
 from pipeline.ytvis import read_frame  # noqa: E402
@@ -84,10 +85,20 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
     return sorted(records, key=lambda r: r["step"])
 
 
-def experiment_label(name: str, experiments: dict[str, Any]) -> str:
-    """'BoxInst R-50 (boxinst)': the paper row the experiment reproduces, then its config name."""
+def experiment_label(name: str, experiments: dict[str, Any], backbone: str) -> str:
+    """'BoxInst, R-18 (boxinst)': the method of the paper row the experiment reproduces with the backbone it
+    trained (not the paper's), then its config name."""
     paper = experiments.get(name, {}).get("paper")
-    return f"{ROW_LABELS[paper]} ({name})" if paper in ROW_LABELS else name
+    method = ROW_LABELS[paper].removesuffix(" R-50").removesuffix(" R-101") if paper in ROW_LABELS else name
+    return f"{method}, {backbone_label(backbone)} ({name})"
+
+
+def trained_backbone(final: Path) -> str:
+    """The backbone a final.pt was trained with (its model_params)."""
+    state = torch.load(final, map_location="cpu", weights_only=True)
+    if "model_params" not in state:
+        raise KeyError(f"{final}: not a mowis final checkpoint (no 'model_params'); rerun rule train")
+    return state["model_params"]["backbone"]
 
 
 # --- training curves and flow quality ---------------------------------------------------------------------
@@ -276,6 +287,38 @@ def plot_activations(images: list[np.ndarray], flows: list[np.ndarray], image_ma
     save_figure(fig, out)
 
 
+# --- subset AP --------------------------------------------------------------------------------------------
+
+def plot_subset_ap(runs: dict[str, dict[str, Any]], out: Path) -> None:
+    """Mask and box AP per object subset, a bar per experiment with its bootstrap interval as error bar.
+    runs: label -> the contents of the experiment's subsets.json (model.subsets); an AP that does not exist
+    (no object of the subset) is left out."""
+    if not runs:
+        raise ValueError("plot_subset_ap: no experiments to plot")
+    names = list(next(iter(runs.values()))["subsets"])
+    fig, axes = plt.subplots(1, 2, figsize=(max(7.0, 1.6 * len(names) + 2), 3.6), sharey=True, squeeze=False)
+    x = np.arange(len(names))
+    width = 0.8 / len(runs)
+    for ax, (iou_type, title) in zip(axes[0], (("segm", "mask AP"), ("bbox", "box AP"))):
+        for j, (label, run) in enumerate(runs.items()):
+            stats = [run["subsets"][n][iou_type]["AP"] for n in names]
+            keep = [i for i, st in enumerate(stats) if st["value"] is not None]
+            values = np.array([stats[i]["value"] for i in keep])
+            spans = [stats[i]["interval"] or [stats[i]["value"]] * 2 for i in keep]
+            errors = np.abs(np.array(spans).T - values) if keep else None  # (2, n): below, above
+            ax.bar(x[keep] + (j - (len(runs) - 1) / 2) * width, values, width, yerr=errors, capsize=3, label=label)
+        ax.set_xticks(x, [f"{n}\n({next(iter(runs.values()))['subsets'][n]['objects']})" for n in names],
+                      fontsize=8)
+        ax.set_title(title)
+        ax.set_ylim(bottom=0)
+        ax.grid(axis="y", alpha=0.3)
+    axes[0, 0].set_ylabel("AP (%), 95 % interval over videos")
+    axes[0, 0].legend(fontsize=8)
+    fig.suptitle("AP per object subset (objects in brackets; the others ignored)")
+    fig.tight_layout()
+    save_figure(fig, out)
+
+
 # --- tables -----------------------------------------------------------------------------------------------
 
 def _inline(text: str) -> str:
@@ -326,8 +369,8 @@ def tables_page(tables: dict[str, str]) -> str:
 def cmd_curves(args: argparse.Namespace) -> None:
     """Training curves of every experiment, from the metrics.jsonl beside each final.pt."""
     experiments = json.loads(args.experiments)
-    curves = {experiment_label(p.parent.name, experiments): read_metrics(p.parent / "metrics.jsonl")
-              for p in args.final}
+    curves = {experiment_label(p.parent.name, experiments, trained_backbone(p)):
+              read_metrics(p.parent / "metrics.jsonl") for p in args.final}
     plot_training_curves(curves, args.out)
 
 
@@ -358,7 +401,8 @@ def cmd_masks(args: argparse.Namespace) -> None:
         per_image: dict[int, list[dict[str, Any]]] = {}
         for r in results:
             per_image.setdefault(r["image_id"], []).append(r)
-        columns[experiment_label(path.parent.name, experiments)] = [
+        backbone = json.loads((path.parent / "metrics.json").read_text())["backbone"]  # evaluate wrote both
+        columns[experiment_label(path.parent.name, experiments, backbone)] = [
             decode_masks(shown_detections(per_image.get(image_ids[(ex.video_id, ex.frame_index)], []),
                                           args.show_thresh, args.max_shown), ex.height, ex.width)
             for ex in examples]
@@ -393,6 +437,12 @@ def cmd_tables(args: argparse.Namespace) -> None:
     write_bytes_atomic(args.out, tables_page(tables).encode())
 
 
+def cmd_subsets(args: argparse.Namespace) -> None:
+    """Subset AP bars of the experiments' subsets.json files."""
+    runs = [json.loads(p.read_text()) for p in args.subsets]
+    plot_subset_ap({f"{r['experiment']} ({backbone_label(r['backbone'])})": r for r in runs}, args.out)
+
+
 def main(argv: list[str] | None = None) -> None:
     """CLI: one figure per subcommand (see the module docstring)."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -423,6 +473,9 @@ def main(argv: list[str] | None = None) -> None:
     p = sub.add_parser("tables", help="the tables as one HTML page")
     p.add_argument("--tables", required=True, type=Path, help="results/tables")
     p.set_defaults(run=cmd_tables)
+    p = sub.add_parser("subsets", help="BoxInst vs Ours AP per object subset")
+    p.add_argument("--subsets", nargs="+", required=True, type=Path, help="results/eval/<exp>/subsets.json files")
+    p.set_defaults(run=cmd_subsets)
     for p in sub.choices.values():
         p.add_argument("--out", required=True, type=Path, help="the file to write (.png or .svg; .html for tables)")
         if p.prog.split()[-1] in ("masks", "activations"):

@@ -8,8 +8,9 @@ method's rules for the last frame (-F(t -> t-1)) and one-frame videos (zeros).
 Store, one per shard (docs/design.md "Stores"): a Zarr v3 group with one uint8 array (T, H, W, 3) per
 video named str(video_id), chunk one frame, Zstd; group attributes `estimator`, `params` (the flow
 section), `checkpoint_sha256`, `iters`, `dtype`, `videos`, `encoding`, and `content_sha256` (the digest of
-its arrays, pipeline.identity). It is written into a temporary folder and renamed when complete;
-`open_flow_store` refuses a store made with other settings.
+its arrays, pipeline.identity); each array's attribute `scale` holds its frames' normalisation divisors (T,),
+so the flow in pixels is recoverable (flow_codec.rgb_to_flow). It is written into a temporary folder and
+renamed when complete; `open_flow_store` refuses a store made with other settings.
 
 CLI (rule `flow`): python -m pipeline.flow --root R --annotations train.json --shard K --params JSON
   --out results/flow/shard_K.zarr --log-json logs/flow/shard_K.json [--num-videos N]
@@ -36,7 +37,7 @@ import numpy as np
 import zarr
 from tqdm import tqdm
 
-from pipeline.flow_codec import flow_to_rgb
+from pipeline.flow_codec import flow_scale, flow_to_rgb
 from pipeline.identity import DIGEST_ATTR, store_digest
 from pipeline.io import atomic_dir, params_from_json, setup_logging, write_json_atomic
 from pipeline.shards import videos_of_shard
@@ -382,6 +383,7 @@ def write_shard(out: str | os.PathLike, root: str | os.PathLike, videos: Sequenc
         rgb = encode_video(flows)
         mid = time.perf_counter()
         write_video(group, video_id, rgb)
+        group[str(video_id)].attrs["scale"] = [float(flow_scale(flow)) for flow in flows]  # (T,) divisors
         times.encode += mid - began
         times.write += time.perf_counter() - mid
 

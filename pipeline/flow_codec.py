@@ -6,7 +6,8 @@ colour fades to white as the radius goes to 0. The arithmetic follows the offici
 `core/utils/flow_viz.py` step by step (float32 flow, float64 wheel), so the bytes are identical.
 
 Decoding is lossy: the absolute scale is gone (per-frame normalisation) and each channel is floored to
-uint8. `hflip_flow_rgb` decodes each pixel to the centre of the set of normalised flows that encode to
+uint8. The flow stores keep each frame's divisor (`flow_scale`) beside the colours, so `rgb_to_flow`
+recovers pixels: the radius to within ~1/255 of the frame's largest flow, the direction to a wheel step. `hflip_flow_rgb` decodes each pixel to the centre of the set of normalised flows that encode to
 its colour, mirrors it to (-u, v) and encodes it again; see its docstring for the error bound.
 """
 
@@ -77,6 +78,11 @@ def _colors(fk: np.ndarray, rad: np.ndarray) -> np.ndarray:
     return out
 
 
+def flow_scale(flow: np.ndarray) -> np.floating:
+    """The per-frame divisor of flow_to_rgb: max radius of (H, W, 2) flow + 1e-5, in the flow's dtype."""
+    return np.max(np.sqrt(np.square(flow[..., 0]) + np.square(flow[..., 1]))) + EPSILON
+
+
 def flow_to_rgb(flow: np.ndarray) -> np.ndarray:
     """Encode flow (H, W, 2) float (u right, v down, pixels) as (H, W, 3) uint8 RGB (method §2).
 
@@ -88,10 +94,9 @@ def flow_to_rgb(flow: np.ndarray) -> np.ndarray:
         raise ValueError(f"flow_to_rgb: expected a float array, got {flow.dtype}")
     if not np.isfinite(flow).all():
         raise ValueError(f"flow_to_rgb: flow has {int((~np.isfinite(flow)).sum())} non-finite values")
-    u, v = flow[..., 0], flow[..., 1]
-    rad_max = np.max(np.sqrt(np.square(u) + np.square(v)))
-    u = u / (rad_max + EPSILON)
-    v = v / (rad_max + EPSILON)
+    scale = flow_scale(flow)
+    u = flow[..., 0] / scale
+    v = flow[..., 1] / scale
     rad = np.sqrt(np.square(u) + np.square(v))
     return _colors(_hue_index(u, v), rad)
 
@@ -163,3 +168,11 @@ def hflip_flow_rgb(rgb: np.ndarray) -> np.ndarray:
     fk_flipped = np.where(fk <= 27, 27 - fk, 81 - fk)
     return _colors(fk_flipped, radius)
 
+
+
+def rgb_to_flow(rgb: np.ndarray, scale: float) -> np.ndarray:
+    """Decode (..., 3) uint8 RGB made by flow_to_rgb with divisor `scale` (flow_scale) to (..., 2) float64
+    flow (u, v) in pixels: the centre of each colour's pre-image, times the scale."""
+    fk, radius = rgb_to_hue_radius(rgb)
+    angle = (fk / (NUM_COLS - 1) * 2 - 1) * np.pi  # atan2(-v, -u)
+    return np.stack([-radius * np.cos(angle), -radius * np.sin(angle)], axis=-1) * scale

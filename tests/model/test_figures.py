@@ -13,9 +13,9 @@ import pycocotools.mask as mask_utils
 import pytest
 import torch
 
-from model.figures import (decode_masks, main, markdown_tables_html, pick_examples, plot_activations,
-                           plot_flow_quality, plot_mask_comparison, plot_training_curves, read_metrics,
-                           save_figure, shown_detections, stream_activations)
+from model.figures import (decode_masks, experiment_label, main, markdown_tables_html, pick_examples,
+                           plot_activations, plot_flow_quality, plot_mask_comparison, plot_training_curves,
+                           read_metrics, save_figure, shown_detections, stream_activations, trained_backbone)
 from model.network import ModelParams, TwoStreamCondInst
 from pipeline.io import params_from_json
 
@@ -167,3 +167,16 @@ def test_tables_page_from_markdown(tmp_path: Path) -> None:
     empty.mkdir()
     with pytest.raises(FileNotFoundError, match="rerun rule tables"):
         main(["tables", "--tables", str(empty), "--out", str(tmp_path / "x.html")])
+
+
+def test_experiment_labels_name_the_backbone_trained(tmp_path: Path) -> None:
+    """The paper row's method with the backbone the checkpoint was trained with, not the paper's R-50."""
+    experiments = {"boxinst": {"paper": "boxinst_r50"}, "big": {"paper": "ours_r101"}, "x": {"paper": None}}
+    torch.save({"model_params": {"backbone": "resnet18"}}, tmp_path / "final.pt")
+    backbone = trained_backbone(tmp_path / "final.pt")
+    assert experiment_label("boxinst", experiments, backbone) == "BoxInst, R-18 (boxinst)"
+    assert experiment_label("big", experiments, "resnet101") == "Ours, R-101 (big)"
+    assert experiment_label("x", experiments, "resnet50") == "x, R-50 (x)"
+    torch.save({"model": {}}, tmp_path / "other.pt")
+    with pytest.raises(KeyError, match="other.pt.*rule train"):
+        trained_backbone(tmp_path / "other.pt")

@@ -22,13 +22,14 @@ flow:
 model: {fpn_channels: 16, mask_branch_channels: 16, head_convs: 1, pairwise_warmup: 2}
 train: {iters: 4, batch_size: 2, base_batch: 2, warmup_iters: 1, steps: [3], min_sizes: [64], max_size: 96,
         checkpoint_every: 2}
-evaluate: {min_size: 64, max_size: 96}
+evaluate: {min_size: 64, max_size: 96, subsets: {resamples: 50}}
 """
 
 # The report's figure jobs that every run with BoxInst and Ours R-50 experiments plans (rules in report.smk),
 # and those of them that a training edit reruns.
-FIGURES = {"figure_tables": 1, "figure_training_curves": 1, "figure_masks": 1, "figure_activations": 1}
-AFTER_TRAINING = {"train", "evaluate", "tables", *FIGURES}
+FIGURES = {"figure_tables": 1, "figure_training_curves": 1, "figure_masks": 1, "figure_activations": 1,
+           "figure_subset_ap": 1}
+AFTER_TRAINING = {"train", "evaluate", "subset_ap", "tables", *FIGURES}
 
 
 def environment(**extra: str) -> dict[str, str]:

@@ -4,6 +4,7 @@ more iterations resume; no edit runs nothing."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -51,7 +52,9 @@ def test_config_edits_rerun_exactly_the_downstream_stages(tmp_path: Path) -> Non
     trained models; affinity.tau_flow affinity and those, not flow. Runs: tau_flow reruns those, and every
     experiment trains from step 0 in a new trajectory (the motion model, which reads the flow masks, to other
     weights; BoxInst, which does not, to the same ones), and then no edit runs nothing; train.iters 4 -> 6
-    (only the train jobs, to keep CI short) resumes each from that run's step-4 checkpoint and trains 2 steps."""
+    (only the train jobs, to keep CI short) resumes each from that run's step-4 checkpoint and trains 2 steps.
+    Before that, editing the motion bin edges reruns subset AP, the tables and their figures, not inference:
+    new bins, the same numbers on all objects."""
     base = write_config(tmp_path / "tiny.yaml")
     first = snakemake(tmp_path, "--cores", "2", "--configfile", str(base))
     assert {"synthetic", "flow", "affinity", "train", "evaluate", "tables"} <= ran_rules(first)
@@ -87,8 +90,25 @@ def test_config_edits_rerun_exactly_the_downstream_stages(tmp_path: Path) -> Non
     assert same_tensors(old["boxinst"]["model"], new["boxinst"]["model"])  # colour pairs only: same inputs read
     assert ran_rules(snakemake(tmp_path, "--cores", "2", "--configfile", str(tau))) == set()  # no edit
 
+    # motion bin edges: subset AP, the tables and their figures only; new bins, the same AP on all objects
+    before = {exp: json.loads((tmp_path / f"results/eval/{exp}/subsets.json").read_text()) for exp in EXPERIMENTS}
+    metrics = {exp: (tmp_path / f"results/eval/{exp}/metrics.json").stat().st_mtime_ns for exp in EXPERIMENTS}
+    subsets = {"subsets": {"resamples": 50, "motion_edges": [0.1, 0.2]}}
+    edges = write_config(tmp_path / "edges.yaml", affinity={"tau_flow": 0.7}, evaluate=subsets)
+    subset_rules = {"subset_ap", "tables", "figure_tables", "figure_subset_ap"}
+    assert plan(edges) == subset_rules
+    assert ran_rules(snakemake(tmp_path, "--cores", "2", "--configfile", str(edges))) == subset_rules
+    for exp in EXPERIMENTS:
+        after = json.loads((tmp_path / f"results/eval/{exp}/subsets.json").read_text())
+        assert after["motion_edges_px_per_frame"] == [0.1, 0.2] != before[exp]["motion_edges_px_per_frame"]
+        assert after["subsets"]["all"] == before[exp]["subsets"]["all"]
+        assert [after["subsets"][b]["objects"] for b in ("static", "slow", "fast")] != [
+            before[exp]["subsets"][b]["objects"] for b in ("static", "slow", "fast")]
+        assert (tmp_path / f"results/eval/{exp}/metrics.json").stat().st_mtime_ns == metrics[exp]
+
     # train.iters 4 -> 6: the same trajectory, resumed at its last checkpoint; only steps 5 and 6 run
-    longer = write_config(tmp_path / "longer.yaml", affinity={"tau_flow": 0.7}, train={"iters": 6})
+    longer = write_config(tmp_path / "longer.yaml", affinity={"tau_flow": 0.7}, evaluate=subsets,
+                          train={"iters": 6})
     trained = [f"results/train/{exp}/final.pt" for exp in EXPERIMENTS]
     assert ran_rules(snakemake(tmp_path, *trained, "--cores", "2", "--configfile", str(longer))) == {"train"}
     assert key_folders(tmp_path) == {exp: keys[exp] | {fresh[exp]} for exp in EXPERIMENTS}

@@ -264,7 +264,7 @@ def test_profile_requires_the_partitions(tmp_path: Path) -> None:
 # the profile's requests per rule at attempt 1: CPUs per task, runtime (minutes), memory (MB)
 CPU_RULES = {"synthetic": (1, 30, 4000), "split": (1, 30, 8000), "flow": (8, 240, 32000),
              "flow_quality": (8, 60, 16000), "affinity": (4, 120, 16000), "frame_index": (2, 60, 16000),
-             "tables": (1, 30, 4000)}
+             "object_motion": (1, 120, 16000), "subset_ap": (1, 120, 16000), "tables": (1, 30, 4000)}
 # Every rule with resources of its own in the profile; the report's figure rules (CPU jobs with the default
 # resources, like synthetic's) are left out to keep the test short.
 TARGETS = ("results/tables", "results/flow/quality.json")

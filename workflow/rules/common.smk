@@ -14,6 +14,17 @@ def section(*keys):
     return json.dumps(node, sort_keys=True)
 
 
+def inference_section():
+    """The evaluate section without its subsets part (rules evaluate, figure_activations), as canonical JSON:
+    editing subset AP settings does not rerun inference."""
+    return json.dumps({k: v for k, v in config["evaluate"].items() if k != "subsets"}, sort_keys=True)
+
+
+def synthetic_annotations():
+    """train.json of the synthetic dataset, whose info lists the camouflaged tracks; none on real data."""
+    return [] if config["dataset"]["root"] else [annotations()]
+
+
 def dataset_root():
     """The YouTube-VIS folder: the configured copy, or the synthetic dataset the workflow generates."""
     root = config["dataset"]["root"]
@@ -101,14 +112,15 @@ def experiment_of_row(row):
 
 def figure_targets():
     """The report's figures this config can make: tables and curves always (with experiments), flow quality on
-    the synthetic data, Fig. 1 with both boxinst_r50 and ours_r50 experiments, Fig. 3 with ours_r50."""
+    the synthetic data, Fig. 1 and the subset AP comparison with both boxinst_r50 and ours_r50 experiments, Fig. 3
+    with ours_r50."""
     targets = ["results/figures/tables.html"]
     if config["experiments"]:
         targets.append("results/figures/training_curves.png")
     if not config["dataset"]["root"]:
         targets.append("results/figures/flow_quality.png")
     if experiment_of_row("boxinst_r50") and experiment_of_row("ours_r50"):
-        targets.append("results/figures/fig1_masks.png")
+        targets += ["results/figures/fig1_masks.png", "results/figures/subset_ap.png"]
     if experiment_of_row("ours_r50"):
         targets.append("results/figures/fig3_activations.png")
     return targets

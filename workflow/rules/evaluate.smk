@@ -1,4 +1,4 @@
-# Rules of the evaluation stage: COCO AP per experiment, then the paper's tables.
+# Rules of the evaluation stage: COCO AP per experiment, subset AP with bootstrap intervals, the paper's tables.
 
 
 rule evaluate:
@@ -12,7 +12,7 @@ rule evaluate:
         metrics="results/eval/{exp}/metrics.json",
         results="results/eval/{exp}/coco_results.json",
     params:
-        cfg=section("evaluate"),
+        cfg=inference_section(),
         frames=frames_dir(),
         dataset=config["dataset"]["root"] or "synthetic camouflage",
     log:
@@ -29,10 +29,57 @@ rule evaluate:
         " --workers {threads} 2> {log:q}"
 
 
+rule object_motion:
+    """Each train_val object's motion relative to the background around it (px/frame), from the flow stores."""
+    input:
+        gt="results/split/train_val_coco.json",
+        flow=flow_stores(),
+    output:
+        "results/eval/object_motion.json",
+    params:
+        ring_px=config["evaluate"]["subsets"]["ring_px"],
+    log:
+        "logs/evaluate/object_motion.log",
+    resources:
+        mem_mb=2000,
+    conda:
+        "../../envs/train.yaml"
+    shell:
+        "python -m model.object_motion --gt {input.gt:q} --flow {input.flow:q} --ring-px {params.ring_px}"
+        " --out {output:q} 2> {log:q}"
+
+
+rule subset_ap:
+    """Mask and box AP of one experiment on all, camouflaged, distinct and per-motion-bin objects, with
+    bootstrap intervals over the train_val videos."""
+    input:
+        gt="results/split/train_val_coco.json",
+        results="results/eval/{exp}/coco_results.json",
+        metrics="results/eval/{exp}/metrics.json",
+        motion="results/eval/object_motion.json",
+        camouflage=synthetic_annotations(),
+    output:
+        "results/eval/{exp}/subsets.json",
+    params:
+        cfg=section("evaluate", "subsets"),
+    log:
+        "logs/evaluate/subset_ap_{exp}.log",
+    resources:
+        mem_mb=2000,
+    conda:
+        "../../envs/train.yaml"
+    shell:
+        "python -m model.subsets --gt {input.gt:q} --results {input.results:q} --metrics {input.metrics:q}"
+        " --motion {input.motion:q} --camouflage {input.camouflage:q} --params {params.cfg:q} --out {output:q}"
+        " 2> {log:q}"
+
+
 rule tables:
-    """The paper's tables 1-4 with this run's numbers beside the paper's."""
+    """The paper's tables 1-4 with this run's numbers and intervals beside the paper's, per-class AP, and the
+    subset comparison."""
     input:
         metrics=expand("results/eval/{exp}/metrics.json", exp=list(config["experiments"])),
+        subsets=expand("results/eval/{exp}/subsets.json", exp=list(config["experiments"])),
     output:
         directory("results/tables"),
     params:
@@ -43,4 +90,4 @@ rule tables:
         "../../envs/train.yaml"
     shell:
         "python -m model.tables --experiments {params.experiments:q} --metrics {input.metrics:q}"
-        " --out-dir {output:q} 2> {log:q}"
+        " --subsets {input.subsets:q} --out-dir {output:q} 2> {log:q}"

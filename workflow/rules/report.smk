@@ -67,6 +67,7 @@ if experiment_of_row("boxinst_r50") and experiment_of_row("ours_r50"):
             gt="results/split/train_val_coco.json",
             index="results/index/train_val.h5",
             results=[f"results/eval/{experiment_of_row(row)}/coco_results.json" for row in ("boxinst_r50", "ours_r50")],
+            metrics=[f"results/eval/{experiment_of_row(row)}/metrics.json" for row in ("boxinst_r50", "ours_r50")],
         output:
             report("results/figures/fig1_masks.png", caption="../report/fig1_masks.rst", category="Qualitative"),
         params:
@@ -81,6 +82,20 @@ if experiment_of_row("boxinst_r50") and experiment_of_row("ours_r50"):
             " --results {input.results:q} --experiments {params.experiments:q} --out {output:q} 2> {log:q}"
 
 
+    rule figure_subset_ap:
+        """BoxInst vs Ours mask and box AP per object subset, with bootstrap intervals (rule subset_ap)."""
+        input:
+            [f"results/eval/{experiment_of_row(row)}/subsets.json" for row in ("boxinst_r50", "ours_r50")],
+        output:
+            report("results/figures/subset_ap.png", caption="../report/subset_ap.rst", category="Tables"),
+        log:
+            "logs/figures/subset_ap.log",
+        conda:
+            "../../envs/train.yaml"
+        shell:
+            "python -m model.figures subsets --subsets {input:q} --out {output:q} 2> {log:q}"
+
+
 if experiment_of_row("ours_r50"):
 
     rule figure_activations:
@@ -93,7 +108,7 @@ if experiment_of_row("ours_r50"):
             report("results/figures/fig3_activations.png", caption="../report/fig3_activations.rst",
                    category="Qualitative"),
         params:
-            cfg=section("evaluate"),
+            cfg=inference_section(),
             frames=frames_dir(),
         log:
             "logs/figures/fig3_activations.log",
