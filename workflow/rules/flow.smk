@@ -1,5 +1,6 @@
 # Rules of the flow stage.
 
+
 # The checkpoint download runs where snakemake runs (a cluster's login node is online, its nodes often not).
 localrules:
     gma_checkpoint,
@@ -25,19 +26,19 @@ rule flow:
         flow_gt=FLOW_GT,
     output:
         directory(flow_store("{k}")),
-    params:
-        cfg=section("flow"),
-        num_videos=num_videos(),
     log:
         stderr="logs/flow/shard_{k}.log",
         summary="logs/flow/shard_{k}.json",
     wildcard_constraints:
         k=r"\d+",
+    conda:
+        "../../envs/flow.yaml"
     threads: 2
     resources:
         gpu=FLOW_ON_GPU,
-    conda:
-        "../../envs/flow.yaml"
+    params:
+        cfg=section("flow"),
+        num_videos=num_videos(),
     shell:
         "python -m pipeline.flow --root $(dirname {input.annotations:q})"
         " --annotations $(basename {input.annotations:q}) --shard {wildcards.k}"
@@ -63,22 +64,23 @@ if not config["dataset"]["root"]:
 
     rule flow_quality:
         """The configured estimator scored against the synthetic ground-truth flow: EPE and the share of
-        pixels with an error above 3 px, per video and overall (0 for gt, the oracle)."""
+        pixels with an error above 3 px, per video and overall (0 for gt, the oracle).
+        """
         input:
             annotations=annotations(),
             flow_gt="results/synthetic/flow_gt",
             checkpoint=gma_checkpoint_if_used(),
         output:
             "results/flow/quality.json",
-        params:
-            cfg=section("flow"),
         log:
             "logs/flow_quality/flow_quality.log",
+        conda:
+            "../../envs/flow.yaml"
         threads: 2
         resources:
             gpu=FLOW_ON_GPU,
-        conda:
-            "../../envs/flow.yaml"
+        params:
+            cfg=section("flow"),
         shell:
             "python -m pipeline.flow_quality --root $(dirname {input.annotations:q})"
             " --annotations $(basename {input.annotations:q}) --gt-root $(dirname {input.flow_gt:q})"
