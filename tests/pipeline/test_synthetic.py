@@ -289,7 +289,8 @@ def test_camouflage_colour_ambiguous_motion_not():
     camo, distinct = np.array(stats[True]), np.array(stats[False])
     assert len(camo) >= 10 and len(distinct) >= 10
     assert 0.6 < camo[:, 0].mean() < 1.0, f"camouflaged boundary colour contrast / random pairs {camo[:, 0].mean():.2f}"
-    assert 2.2 < distinct[:, 0].mean() < 3.4, f"distinct boundary colour contrast / random pairs {distinct[:, 0].mean():.2f}"
+    assert 2.2 < distinct[:, 0].mean() < 3.4, \
+        f"distinct boundary colour contrast / random pairs {distinct[:, 0].mean():.2f}"
     assert camo[:, 1].mean() > 0.1 and distinct[:, 1].mean() < 0.02, (camo[:, 1].mean(), distinct[:, 1].mean())
     interior = np.concatenate(flow_interior).mean()
     for group in (camo, distinct):

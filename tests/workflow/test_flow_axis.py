@@ -45,15 +45,17 @@ def fake_run(root: Path, estimator: str, epe: float, ap: float, baseline_ap: flo
 
 
 def test_flow_axis_collects_runs_sorted_by_epe_and_refuses_mixed_ones(tmp_path: Path, capsys) -> None:
-    runs = [fake_run(tmp_path / "flow_dis", "dis", 0.21, 30.5, 20.0), fake_run(tmp_path / "flow_gt", "gt", 0.0, 34.0, 20.2)]
+    runs = [fake_run(tmp_path / "flow_dis", "dis", 0.21, 30.5, 20.0),
+            fake_run(tmp_path / "flow_gt", "gt", 0.0, 34.0, 20.2)]
     points = collect_flow_axis(runs, "ours", "boxinst")
     assert [(p.run, p.estimator, p.epe, p.mask_ap, p.baseline_ap) for p in points] == [
         ("flow_gt", "gt", 0.0, 34.0, 20.2), ("flow_dis", "dis", 0.21, 30.5, 20.0)]
     out = tmp_path / "axis.png"
     main(["flow-axis", "--runs", *map(str, runs), "--out", str(out)])
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert capsys.readouterr().out.splitlines() == ["flow_gt: gt EPE 0.000 px (10.0% > 3 px), ours mask AP 34.0, boxinst 20.2",
-                                       "flow_dis: dis EPE 0.210 px (10.0% > 3 px), ours mask AP 30.5, boxinst 20.0"]
+    assert capsys.readouterr().out.splitlines() == [
+        "flow_gt: gt EPE 0.000 px (10.0% > 3 px), ours mask AP 34.0, boxinst 20.2",
+        "flow_dis: dis EPE 0.210 px (10.0% > 3 px), ours mask AP 30.5, boxinst 20.0"]
     other_split = fake_run(tmp_path / "flow_raft", "raft", 0.5, 31.0, 20.0, split=b"other")
     with pytest.raises(ValueError, match="do not share one split"):
         collect_flow_axis([*runs, other_split], "ours", "boxinst")
