@@ -33,7 +33,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from pipeline.flow import DisEstimator, GmaEstimator, store_attributes, write_shard  # noqa: E402
-from pipeline.flow import FlowParams, GmaParams, DisParams  # noqa: E402
+from pipeline.flow import FlowParams, GmaParams, DisParams, RaftParams  # noqa: E402
 from pipeline.ytvis import Video  # noqa: E402
 
 HEIGHT, WIDTH = 360, 640
@@ -72,7 +72,8 @@ def stage_overhead(frames: np.ndarray, folder: Path, num_videos: int) -> dict:
                         [cv2.IMWRITE_JPEG_QUALITY, 95])
             names.append(name)
         videos.append(Video(vid, WIDTH, HEIGHT, tuple(names)))
-    params = FlowParams("dis", num_videos, GmaParams("unused.pth", 12, "float32"), DisParams("medium"))
+    params = FlowParams("dis", num_videos, gma=GmaParams("unused.pth", 12, "float32"),
+                        raft=RaftParams("large", "C_T_SKHT_V2", 12), dis=DisParams("medium"))
     out = folder / "shard_0.zarr"
     attributes = store_attributes(params, [v.id for v in videos], None)
     times = write_shard(out, folder, videos, DisEstimator("medium"), attributes, progress=False)

@@ -5,6 +5,8 @@ subcommand per figure (the `figure_*` rules of workflow/rules/report.smk):
 
     python -m model.figures curves --final results/train/<exp>/final.pt ... --experiments JSON --out PNG
     python -m model.figures flow-quality --quality results/flow/quality.json --out PNG
+    python -m model.figures flow-axis --runs runs/flow_dis runs/flow_gt ... [--experiment ours] \
+        [--baseline boxinst] --out PNG      (config/flow_axis.yaml: one run per flow.estimator)
     python -m model.figures masks --gt train_val_coco.json --index train_val.h5 --frames <root>/JPEGImages \
         --results results/eval/<exp>/coco_results.json ... --experiments JSON --out PNG
     python -m model.figures activations --checkpoint results/train/<exp>/final.pt --index train_val.h5 \
@@ -44,6 +46,7 @@ from model.evaluate import EvalFrames, EvaluateParams, load_trained, pad_batch  
 from model.network import TwoStreamCondInst  # noqa: E402
 from model.predict import blend_masks  # noqa: E402
 from model.tables import ROW_LABELS, backbone_label  # noqa: E402
+from pipeline.flow import file_sha256  # noqa: E402
 from pipeline.io import write_bytes_atomic  # noqa: E402
 from pipeline.io import params_from_json, setup_logging  # noqa: E402
 from pipeline.ytvis import read_frame  # noqa: E402
@@ -152,6 +155,79 @@ def plot_flow_quality(quality: dict[str, Any], out: Path) -> None:
     ax_out.set_xticks(x[::step], ids[::step], rotation=90, fontsize=7)
     fig.suptitle(f"Flow estimator {estimator} vs synthetic ground truth: EPE {overall['epe']:.3f} px, "
                  f"{100.0 * overall['outliers_3px']:.2f}% outliers")
+    fig.tight_layout()
+    save_figure(fig, out)
+
+
+# --- the flow-quality axis (config/flow_axis.yaml) ----------------------------------------------------------
+
+@dataclass(frozen=True)
+class FlowAxisPoint:
+    """One workflow run of the flow-quality axis: its flow source, EPE on the synthetic ground truth, and the
+    mask AP of the flow-using experiment and (when given) of the flow-free baseline."""
+
+    run: str
+    estimator: str
+    epe: float
+    outliers: float
+    mask_ap: float
+    baseline_ap: float | None
+
+
+def _read_json(path: Path, rule: str) -> dict[str, Any]:
+    """A results JSON file; a missing one names the rule that writes it."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: missing; run the workflow in {path.parents[2]} (rule {rule})")
+    return json.loads(path.read_text())
+
+
+def collect_flow_axis(runs: list[Path], experiment: str, baseline: str | None) -> list[FlowAxisPoint]:
+    """One point per run directory (a `snakemake --directory`): results/flow/quality.json and
+    results/eval/<experiment>/metrics.json. The runs must share their split (the same train_val COCO file)
+    and each use another flow source; points come back sorted by EPE."""
+    points, splits = [], {}
+    for run in runs:
+        quality = _read_json(run / "results/flow/quality.json", "flow_quality")
+        metrics = _read_json(run / f"results/eval/{experiment}/metrics.json", "evaluate")
+        base = _read_json(run / f"results/eval/{baseline}/metrics.json", "evaluate") if baseline else None
+        split = run / "results/split/train_val_coco.json"
+        splits[run] = file_sha256(split) if split.is_file() else None
+        points.append(FlowAxisPoint(run.name, quality["estimator"], quality["overall"]["epe"],
+                                    quality["overall"]["outliers_3px"], metrics["segm"]["AP"],
+                                    base["segm"]["AP"] if base else None))
+    if len(set(splits.values())) > 1 or None in splits.values():
+        raise ValueError("the runs do not share one split (results/split/train_val_coco.json differs or is "
+                         f"missing): {', '.join(f'{r}: {d and d[:12]}' for r, d in splits.items())}")
+    estimators = [p.estimator for p in points]
+    if len(set(estimators)) != len(estimators):
+        raise ValueError(f"two runs used the same flow source: {estimators}; one run per flow.estimator")
+    return sorted(points, key=lambda p: p.epe)
+
+
+def plot_flow_axis(points: list[FlowAxisPoint], experiment: str, baseline: str | None, out: Path) -> None:
+    """Mask AP of `experiment` against the flow's EPE on the synthetic ground truth, one labelled point per
+    flow source (gt, the oracle, at EPE 0); the flow-free baseline's mean AP over the runs as a dashed line."""
+    if not points:
+        raise ValueError("plot_flow_axis: no runs to plot")
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    epe = [p.epe for p in points]
+    ap = [p.mask_ap for p in points]
+    ax.plot(epe, ap, "o-", color="tab:blue", label=f"{experiment} (two-stream)")
+    for p in points:
+        name = "gt (oracle)" if p.estimator == "gt" else p.estimator
+        ax.annotate(f"{name}\n{p.mask_ap:.1f} AP, {p.epe:.2f} px", (p.epe, p.mask_ap), fontsize=8,
+                    textcoords="offset points", xytext=(6, 6))
+    base = [p.baseline_ap for p in points if p.baseline_ap is not None]
+    if base:
+        ax.axhline(float(np.mean(base)), color="k", linestyle="--", linewidth=1,
+                   label=f"{baseline} (no flow): {np.mean(base):.1f} AP")
+    ax.set_xlabel("flow EPE on the synthetic ground truth (px)")
+    ax.set_ylabel("mask AP (train_val)")
+    ax.set_xlim(left=min(0.0, min(epe)) - 0.05 * (max(epe) + 0.1), right=1.25 * max(epe) + 0.1)
+    ax.margins(y=0.15)  # room for the labels above the points
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower left")
+    ax.set_title("Flow quality vs mask AP (same data, same split)")
     fig.tight_layout()
     save_figure(fig, out)
 
@@ -379,6 +455,16 @@ def cmd_flow_quality(args: argparse.Namespace) -> None:
     plot_flow_quality(json.loads(args.quality.read_text()), args.out)
 
 
+def cmd_flow_axis(args: argparse.Namespace) -> None:
+    """EPE vs mask AP over the run directories of the flow-quality axis."""
+    points = collect_flow_axis(args.runs, args.experiment, args.baseline)
+    plot_flow_axis(points, args.experiment, args.baseline, args.out)
+    for p in points:
+        print(f"{p.run}: {p.estimator} EPE {p.epe:.3f} px ({100 * p.outliers:.1f}% > 3 px), "
+              f"{args.experiment} mask AP {p.mask_ap:.1f}" +
+              (f", {args.baseline} {p.baseline_ap:.1f}" if p.baseline_ap is not None else ""))
+
+
 def cmd_masks(args: argparse.Namespace) -> None:
     """Fig. 1 from the evaluated detections (results/eval/<exp>/coco_results.json) and the ground truth."""
     experiments = json.loads(args.experiments)
@@ -454,6 +540,11 @@ def main(argv: list[str] | None = None) -> None:
     p = sub.add_parser("flow-quality", help="flow EPE on the synthetic ground truth")
     p.add_argument("--quality", required=True, type=Path, help="results/flow/quality.json")
     p.set_defaults(run=cmd_flow_quality)
+    p = sub.add_parser("flow-axis", help="mask AP against flow EPE over runs with different flow.estimator")
+    p.add_argument("--runs", nargs="+", required=True, type=Path, help="workflow directories (--directory)")
+    p.add_argument("--experiment", default="ours", help="the flow-using experiment whose mask AP is plotted")
+    p.add_argument("--baseline", default="boxinst", help="a flow-free experiment drawn as a line ('' for none)")
+    p.set_defaults(run=cmd_flow_axis)
     p = sub.add_parser("masks", help="Fig. 1: ground truth and each experiment's masks")
     p.add_argument("--gt", required=True, type=Path, help="results/split/train_val_coco.json")
     p.add_argument("--index", required=True, type=Path, help="results/index/train_val.h5")

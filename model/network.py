@@ -3,6 +3,9 @@
 Stream wiring, by switch (`two_stream` false = BoxInst: the flow is never read):
 - detection features F_det^l = fuse(F_img^l, F_flow^l) (sum | max) when `motion_for_detection`, else F_img^l;
 - mask features F_mask = fuse(mask_img, mask_flow) (concat | sum | max) when `motion_for_mask`, else mask_img;
+  without motion for the mask, the appearance branch alone outputs the width the fusion would have given
+  (2 C_mask = 16 for concat), so the dynamic head keeps its capacity and Table 2's "w/o motion for
+  segmentation" row measures motion, not a smaller head (`ModelParams.mask_head_channels`);
 - pairwise weights use M_color * M_flow when `flow_in_pairwise`, else M_color.
 The flow FPN is built only with the levels something reads, and the flow mask branch only when
 `motion_for_mask`, so every parameter gets a gradient (DDP) and none leaks into an unused stream.
@@ -79,6 +82,12 @@ class ModelParams:
         return self.two_stream and self.motion_for_mask
 
     @property
+    def mask_head_channels(self) -> int:
+        """Input channels of the dynamic mask head (coordinates aside): C_mask, doubled by a two-stream concat,
+        whether or not motion feeds it."""
+        return self.mask_channels * (2 if self.two_stream and self.mask_fusion == "concat" else 1)
+
+    @property
     def flow_pairwise(self) -> bool:
         """Pairwise edges need flow similarity as well as colour."""
         return self.two_stream and self.flow_in_pairwise
@@ -153,13 +162,14 @@ class TwoStreamCondInst(nn.Module):
             (self.mask_levels if params.flow_for_mask else ())
         self.fpn_flow = FPN(self.backbone.out_channels, ch, flow_levels) if flow_levels else None
 
-        def mask_branch() -> MaskBranch:
-            return MaskBranch(ch, len(self.mask_levels), params.mask_branch_channels, params.mask_channels)
+        def mask_branch(out_channels: int) -> MaskBranch:
+            return MaskBranch(ch, len(self.mask_levels), params.mask_branch_channels, out_channels)
 
-        self.mask_branch_image = mask_branch()
-        self.mask_branch_flow = mask_branch() if params.flow_for_mask else None
-        concat = params.flow_for_mask and params.mask_fusion == "concat"
-        self.mask_head = DynamicMaskHead(in_channels=params.mask_channels * (2 if concat else 1),
+        # with the flow branch fused in, each stream gives C_mask; alone, appearance gives the head's full width
+        self.mask_branch_image = mask_branch(params.mask_channels if params.flow_for_mask
+                                             else params.mask_head_channels)
+        self.mask_branch_flow = mask_branch(params.mask_channels) if params.flow_for_mask else None
+        self.mask_head = DynamicMaskHead(in_channels=params.mask_head_channels,
                                          channels=MASK_HEAD_CHANNELS, num_layers=MASK_HEAD_LAYERS)
         self.fcos_head = FCOSHead(ch, num_classes, params.head_convs, self.mask_head.num_params,
                                   num_levels=len(LEVELS))

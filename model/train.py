@@ -67,7 +67,7 @@ class TrainParams:
     lr: float  # learning rate at base_batch images (linear scaling: scaled_lr = lr · batch_size / base_batch)
     base_batch: int
     momentum: float
-    weight_decay: float  # on conv/linear weights only; none on norm parameters and biases
+    weight_decay: float  # on every trained parameter but those of norm layers (detectron2's default)
     warmup_iters: int  # linear warm-up from warmup_factor·lr to lr
     warmup_factor: float
     steps: tuple[int, ...]  # iterations where lr is multiplied by gamma
@@ -77,6 +77,7 @@ class TrainParams:
     flip_prob: float
     grad_clip: float | None  # max global L2 norm of the gradients, or None
     amp: Literal["fp32", "bf16", "fp16"]  # autocast dtype on CUDA; CPU always runs fp32
+    sync_bn: bool  # SyncBatchNorm over the GPUs; false = per-GPU BatchNorm statistics, as BoxInst
     checkpoint_every: int
     seed: int
     max_bad_steps: int  # stop after this many non-finite steps in a row
@@ -113,13 +114,20 @@ def lr_at(step: int, lr: float, warmup_iters: int, warmup_factor: float, steps: 
     return lr * warmup * gamma ** bisect.bisect_right(steps, step)
 
 
+NORM_LAYERS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm, nn.GroupNorm, nn.LayerNorm,
+               nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d)
+
+
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """SGD groups: weight decay on tensors with ≥ 2 dims (conv/linear weights), none on norm params, biases
-    and scalars (method §6). Frozen parameters are left out."""
-    decay, no_decay = [], []
-    for param in model.parameters():
-        if param.requires_grad:
-            (decay if param.ndim >= 2 else no_decay).append(param)
+    """SGD groups as detectron2 builds them for AdelaiDet (WEIGHT_DECAY_NORM = 0, WEIGHT_DECAY_BIAS =
+    WEIGHT_DECAY): no decay on the parameters of norm layers (BN, GN affine), `weight_decay` on every other
+    parameter, biases and scalars included. Frozen parameters are left out; a shared one counts once."""
+    decay, no_decay, seen = [], [], set()
+    for module in model.modules():
+        for param in module.parameters(recurse=False):
+            if param.requires_grad and id(param) not in seen:
+                seen.add(id(param))
+                (no_decay if isinstance(module, NORM_LAYERS) else decay).append(param)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
@@ -372,7 +380,7 @@ def train(paths: RunPaths, model_params: dict, params: TrainParams, build_model:
             log.info("resumed from %s at step %d; %s", resume_from, start_step,
                      f"training steps {start_step + 1} to {params.iters}" if start_step < params.iters
                      else "no steps left to train")
-    if ddp and use_cuda and world_size > 1:
+    if params.sync_bn and ddp and use_cuda and world_size > 1:
         # BatchNorm that trains (the mask branches) sees the global batch, so N GPUs match one GPU with the
         # same global batch. torch's SyncBatchNorm runs on GPUs only; CPU processes keep per-rank statistics.
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)

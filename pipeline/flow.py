@@ -1,9 +1,12 @@
 """Optical-flow stage (method §2): per shard of videos, flow between consecutive frames, RGB-encoded into Zarr.
 
-Two estimators behind one call signature, `(frames_t, frames_t1) (B, H, W, 3) uint8 RGB -> (B, H, W, 2)
+Three estimators behind one call signature, `(frames_t, frames_t1) (B, H, W, 3) uint8 RGB -> (B, H, W, 2)
 float32 flow F(t -> t+1)` in pixels, u right, v down: `gma` (the official network, pipeline.gma, on CUDA
-when present) and `dis` (OpenCV DIS on grey frames, CPU, deterministic). `video_flow` applies the
-method's rules for the last frame (-F(t -> t-1)) and one-frame videos (zeros).
+when present), `raft` (torchvision's RAFT small or large, on CUDA when present) and `dis` (OpenCV DIS on
+grey frames, CPU, deterministic). `video_flow` applies the method's rules for the last frame
+(-F(t -> t-1)) and one-frame videos (zeros). A fourth source, `gt`, is no estimator: the synthetic
+dataset's own ground-truth flow (`GroundTruthFlow`, the oracle: the upper bound of what flow can do),
+encoded and stored exactly like estimated flow; a dataset without `flow_gt/` (real YouTube-VIS) is an error.
 
 Store, one per shard (docs/design.md "Stores"): a Zarr v3 group with one uint8 array (T, H, W, 3) per
 video named str(video_id), chunk one frame, Zstd; group attributes `estimator`, `params` (the flow
@@ -23,6 +26,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import posixpath
 import shutil
 import sys
 import time
@@ -43,9 +47,10 @@ from pipeline.io import atomic_dir, params_from_json, setup_logging, write_json_
 from pipeline.shards import videos_of_shard
 from pipeline.ytvis import FRAMES_DIR, Video, load_ytvis, read_frame
 
-EstimatorName = Literal["gma", "dis"]
+EstimatorName = Literal["gma", "raft", "dis", "gt"]
 GmaDtype = Literal["float32", "bfloat16", "float16"]
 DisPreset = Literal["ultrafast", "fast", "medium"]
+RaftModel = Literal["small", "large"]
 
 ENCODING = "baker-colour-wheel (GMA flow_viz), per-frame max radius + 1e-5"
 STORE_FORMAT = 1  # bump when the store layout changes; readers refuse other versions
@@ -56,6 +61,8 @@ GMA_REPOSITORY = "https://github.com/zacjiang/GMA"
 GMA_CHECKPOINTS = ("gma-sintel.pth", "gma-chairs.pth", "gma-things.pth", "gma-kitti.pth")
 
 PairEstimator = Callable[[np.ndarray, np.ndarray], np.ndarray]
+GT_DIR = "flow_gt"  # pipeline.synthetic writes <root>/flow_gt/<video folder>.npy, (T-1, H, W, 2) float32
+RAFT_STRIDE = 8  # RAFT's feature stride: its input sides must be multiples of 8
 
 
 # --- params ---------------------------------------------------------------------------------------------
@@ -89,11 +96,28 @@ class DisParams:
 
 
 @dataclass(frozen=True)
+class RaftParams:
+    """flow.raft: torchvision's RAFT variant, its weights (a name of torchvision's weights enum for that
+    variant, e.g. C_T_SKHT_V2, or a local state-dict file) and the refinement iterations."""
+    model: RaftModel
+    weights: str
+    iters: int
+
+    def __post_init__(self) -> None:
+        _check_choice(self.model, RaftModel, "flow.raft.model")
+        if not isinstance(self.iters, int) or self.iters < 1:
+            raise ValueError(f"config flow.raft.iters: expected an integer >= 1, got {self.iters!r}")
+        if not isinstance(self.weights, str) or not self.weights:
+            raise ValueError(f"config flow.raft.weights: expected a weights name or a file path, got {self.weights!r}")
+
+
+@dataclass(frozen=True)
 class FlowParams:
     """The `flow` config section: which estimator, videos per shard, and each estimator's settings."""
     estimator: EstimatorName
     shard_size: int
     gma: GmaParams
+    raft: RaftParams
     dis: DisParams
 
     def __post_init__(self) -> None:
@@ -110,6 +134,7 @@ class FlowParams:
         top = params_from_json(_Top, json.dumps(raw), where)
         return cls(estimator=top.estimator, shard_size=top.shard_size,
                    gma=params_from_json(GmaParams, json.dumps(top.gma), f"{where}: flow.gma"),
+                   raft=params_from_json(RaftParams, json.dumps(top.raft), f"{where}: flow.raft"),
                    dis=params_from_json(DisParams, json.dumps(top.dis), f"{where}: flow.dis"))
 
     def as_dict(self) -> dict[str, Any]:
@@ -123,6 +148,7 @@ class _Top:
     estimator: str
     shard_size: int
     gma: dict
+    raft: dict
     dis: dict
 
 
@@ -210,9 +236,140 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def make_estimator(params: FlowParams, device: str | None = None, batch_size: int = 8) -> PairEstimator:
+def raft_inputs(frames: np.ndarray, device: Any) -> Any:
+    """(B, H, W, 3) uint8 RGB -> (B, 3, H, W) float32 in [-1, 1] on `device`: torchvision's RAFT transforms
+    (OpticalFlow preset: convert_image_dtype to [0, 1], then normalise with mean 0.5, std 0.5)."""
+    import torch
+    images = torch.as_tensor(frames).to(device).permute(0, 3, 1, 2).float()  # (B, 3, H, W) in [0, 255]
+    return (images / 255.0 - 0.5) / 0.5
+
+
+class RaftEstimator:
+    """torchvision's RAFT on its model's device, `batch_size` pairs per forward pass, `iters` refinements.
+
+    Frames are normalised as torchvision's RAFT transforms do (`raft_inputs`), padded by edge replication
+    to sides that are multiples of 8 and at least 8 * 2^levels (the coarsest correlation level 2x2; the
+    split of pipeline.gma's padder), and the last refinement's flow is cropped back."""
+
+    def __init__(self, model: Any, iters: int, batch_size: int) -> None:
+        if batch_size < 1:
+            raise ValueError(f"RAFT batch size must be >= 1, got {batch_size}")
+        model.eval()  # BatchNorm of the context encoder uses running statistics
+        self.model, self.iters, self.batch_size = model, iters, batch_size
+        self.min_size = RAFT_STRIDE * 2 ** model.corr_block.num_levels
+
+    def __call__(self, frames_t: np.ndarray, frames_t1: np.ndarray) -> np.ndarray:
+        """(B, H, W, 3) uint8 RGB pairs -> (B, H, W, 2) float32 flow F(t -> t+1)."""
+        import torch
+        from pipeline.gma.estimate import pad_amounts, pad_images, unpad
+        _check_pairs(frames_t, frames_t1)
+        device = next(self.model.parameters()).device
+        pads = pad_amounts(frames_t.shape[1], frames_t.shape[2], self.min_size)
+        parts = []
+        with torch.inference_mode():
+            for i in range(0, frames_t.shape[0], self.batch_size):
+                image1 = pad_images(raft_inputs(frames_t[i:i + self.batch_size], device), pads)
+                image2 = pad_images(raft_inputs(frames_t1[i:i + self.batch_size], device), pads)
+                flow = self.model(image1, image2, num_flow_updates=self.iters)[-1]  # (b, 2, H', W')
+                parts.append(unpad(flow, pads).permute(0, 2, 3, 1).float().cpu().numpy())
+        return np.concatenate(parts)
+
+
+def _raft_weights_enum(model: RaftModel) -> Any:
+    """torchvision's weights enum of a RAFT variant."""
+    from torchvision.models.optical_flow import Raft_Large_Weights, Raft_Small_Weights
+    return {"small": Raft_Small_Weights, "large": Raft_Large_Weights}[model]
+
+
+def raft_cache_path(model: RaftModel, name: str) -> Path:
+    """Where torchvision's weights API looks for (and downloads) the RAFT weights `name` of `model`."""
+    import torch
+    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(_raft_weights_enum(model)[name].url)
+
+
+def raft_state_dict(params: RaftParams) -> dict:
+    """flow.raft.weights: a name of torchvision's weights enum (cache first, download when online; offline,
+    the error names the file and where to put it) or a local state-dict file (read with weights_only)."""
+    import torch
+    enum = _raft_weights_enum(params.model)
+    if params.weights in enum.__members__:
+        weights = enum[params.weights]
+        try:
+            return weights.get_state_dict(progress=False, check_hash=True)
+        except (OSError, RuntimeError) as err:  # URLError is an OSError
+            raise FileNotFoundError(
+                f"config flow.raft.weights = {params.weights}: could not load {weights.url} ({err}); on an "
+                f"offline machine put that file at {raft_cache_path(params.model, params.weights)} (or set "
+                f"flow.raft.weights to a local state-dict path)") from err
+    path = Path(params.weights)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"config flow.raft.weights: {path} is neither a file nor a torchvision weights name of raft_"
+            f"{params.model} ({', '.join(n for n in enum.__members__ if n != 'DEFAULT')}, DEFAULT)")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(state, dict):
+        raise ValueError(f"config flow.raft.weights: {path} holds a {type(state).__name__}, expected a state dict")
+    return state
+
+
+def load_raft(params: RaftParams, device: str) -> Any:
+    """torchvision's raft_small / raft_large with the configured weights loaded strictly, in eval mode."""
+    from torchvision.models.optical_flow import raft_large, raft_small
+    model = {"small": raft_small, "large": raft_large}[params.model](weights=None, progress=False)
+    state = raft_state_dict(params)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        raise ValueError(f"config flow.raft.weights: {params.weights} does not fit raft_{params.model}: {err}") from err
+    return model.to(device).eval()
+
+
+class GroundTruthFlow:
+    """flow.estimator gt: the synthetic dataset's ground-truth flow (`<root>/flow_gt/<video folder>.npy`,
+    written by pipeline.synthetic), the oracle that bounds what flow can do. Not a pair estimator: it
+    answers per video."""
+
+    def __init__(self, root: str | os.PathLike) -> None:
+        self.gt_dir = Path(root) / GT_DIR
+        if not self.gt_dir.is_dir():
+            raise FileNotFoundError(
+                f"flow.estimator gt: {self.gt_dir} does not exist; only the synthetic dataset (dataset.root: "
+                f"null) has ground-truth flow. Use flow.estimator dis, gma or raft for {root}.")
+
+    def path(self, video: Video) -> Path:
+        """`<gt_dir>/<folder of the video's frames>.npy` (file names are checked to stay inside the root)."""
+        return self.gt_dir / f"{posixpath.dirname(video.file_names[0])}.npy"
+
+    def forward(self, video: Video) -> np.ndarray:
+        """The video's forward flows F(t -> t+1), t < T-1: (T-1, H, W, 2) float32; errors name the file."""
+        path = self.path(video)
+        if not path.is_file():
+            raise FileNotFoundError(f"video {video.id}: ground-truth flow {path} does not exist")
+        truth = np.load(path, allow_pickle=False)
+        expected = (video.length - 1, video.height, video.width, 2)
+        if truth.shape != expected or truth.dtype != np.float32:
+            raise ValueError(f"video {video.id}: ground truth {path} is {truth.dtype} {truth.shape}, "
+                             f"expected float32 {expected}")
+        return truth
+
+    def video_flow(self, video: Video) -> np.ndarray:
+        """(T, H, W, 2) float32 as `video_flow` lays it out: F(t -> t+1) for t < T-1; the last frame gets
+        F(T-2 -> T-1) (no backward ground truth is stored; the same constant-motion assumption as
+        -F(T-1 -> T-2)); a one-frame video gets zeros."""
+        if video.length == 1:
+            return np.zeros((1, video.height, video.width, 2), np.float32)
+        forward = self.forward(video)
+        return np.concatenate([forward, forward[-1:]])
+
+
+FlowSource = PairEstimator | GroundTruthFlow
+
+
+def make_estimator(params: FlowParams, device: str | None = None, batch_size: int = 8,
+                   root: str | os.PathLike | None = None) -> FlowSource:
     """The configured estimator. GMA loads params.gma.checkpoint strictly onto `device` (default: CUDA
-    when present); a missing file raises FileNotFoundError saying where to get it and where to put it."""
+    when present); a missing file raises FileNotFoundError saying where to get it and where to put it.
+    RAFT loads torchvision's weights the same way; `gt` reads the ground truth of the dataset at `root`."""
     match params.estimator:
         case "gma":
             checkpoint = Path(params.gma.checkpoint)
@@ -221,8 +378,15 @@ def make_estimator(params: FlowParams, device: str | None = None, batch_size: in
             from pipeline.gma import load_gma
             model = load_gma(checkpoint, device=device or default_device())
             return GmaEstimator(model, params.gma.iters, params.gma.dtype, batch_size)
+        case "raft":
+            return RaftEstimator(load_raft(params.raft, device or default_device()), params.raft.iters, batch_size)
         case "dis":
             return DisEstimator(params.dis.preset)
+        case "gt":
+            if root is None:
+                raise ValueError("flow.estimator gt reads a synthetic dataset's ground-truth flow, and there is "
+                                 "no dataset here (new footage has none): use dis, gma or raft")
+            return GroundTruthFlow(root)
 
 
 # --- per video -----------------------------------------------------------------------------------------
@@ -246,6 +410,13 @@ def video_flow(frames: np.ndarray, estimate: PairEstimator) -> np.ndarray:
     return flows
 
 
+def flows_of(video: Video, frames: np.ndarray, source: FlowSource) -> np.ndarray:
+    """(T, H, W, 2) float32 flow of one video: the stored ground truth for `gt`, else `video_flow`."""
+    if isinstance(source, GroundTruthFlow):
+        return source.video_flow(video)
+    return video_flow(frames, source)
+
+
 def encode_video(flows: np.ndarray) -> np.ndarray:
     """(T, H, W, 2) float flow -> (T, H, W, 3) uint8, each frame normalised on its own (flow_to_rgb)."""
     return np.stack([flow_to_rgb(flow) for flow in flows])
@@ -264,9 +435,10 @@ def read_frames(root: str | os.PathLike, video: Video) -> np.ndarray:
 def store_attributes(params: FlowParams, videos: Sequence[int], checkpoint_sha256: str | None) -> dict:
     """Group attributes of a flow store made with `params` for `videos`."""
     gma = params.estimator == "gma"
+    iters = {"gma": params.gma.iters, "raft": params.raft.iters}.get(params.estimator)
     return {"format": STORE_FORMAT, "encoding": ENCODING, "estimator": params.estimator,
             "params": params.as_dict(), "checkpoint_sha256": checkpoint_sha256 if gma else None,
-            "iters": params.gma.iters if gma else None,
+            "iters": iters,
             "dtype": params.gma.dtype if gma else "float32", "videos": [int(v) for v in videos]}
 
 
@@ -361,7 +533,7 @@ class ShardTimes:
 
 
 def write_shard(out: str | os.PathLike, root: str | os.PathLike, videos: Sequence[Video],
-                estimate: PairEstimator, attributes: dict, progress: bool = True) -> ShardTimes:
+                estimate: FlowSource, attributes: dict, progress: bool = True) -> ShardTimes:
     """Compute and store the encoded flow of `videos` into a new store at `out`, atomically, with `attributes`
     and the content digest of what it wrote (pipeline.identity.DIGEST_ATTR).
 
@@ -398,7 +570,7 @@ def write_shard(out: str | os.PathLike, root: str | os.PathLike, videos: Sequenc
             if i + 1 < len(videos):
                 upcoming = reader.submit(load, videos[i + 1])
             began = time.perf_counter()
-            flows = video_flow(frames, estimate)
+            flows = flows_of(video, frames, estimate)
             times.estimate += time.perf_counter() - began
             pending.append(writer.submit(store, group, video.id, flows))
             while len(pending) > 2:  # at most two videos of flow waiting in memory
@@ -418,20 +590,20 @@ def estimator_cli(description: str | None) -> argparse.ArgumentParser:
     ap.add_argument("--annotations", required=True, help="train.json (relative to --root, or absolute)")
     ap.add_argument("--params", required=True, help="the flow config section as JSON")
     ap.add_argument("--out", required=True, help="what to write")
-    ap.add_argument("--batch-size", type=int, default=8, help="GMA pairs per forward pass")
-    ap.add_argument("--device", help="GMA device (default: cuda when present, else cpu)")
+    ap.add_argument("--batch-size", type=int, default=8, help="GMA / RAFT pairs per forward pass")
+    ap.add_argument("--device", help="GMA / RAFT device (default: cuda when present, else cpu)")
     ap.add_argument("--threads", type=int, help="CPU threads for OpenCV / torch")
     return ap
 
 
-def estimator_from_args(args: argparse.Namespace) -> tuple[FlowParams, PairEstimator]:
+def estimator_from_args(args: argparse.Namespace) -> tuple[FlowParams, FlowSource]:
     """The flow params and estimator an `estimator_cli` command line asks for, with its thread count set."""
     if args.threads:
         cv2.setNumThreads(args.threads)
         import torch
         torch.set_num_threads(args.threads)
     params = FlowParams.from_json(args.params, "--params (config section flow)")
-    return params, make_estimator(params, args.device, args.batch_size)
+    return params, make_estimator(params, args.device, args.batch_size, root=args.root)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -169,7 +169,6 @@ def hflip_flow_rgb(rgb: np.ndarray) -> np.ndarray:
     return _colors(fk_flipped, radius)
 
 
-
 def rgb_to_flow(rgb: np.ndarray, scale: float) -> np.ndarray:
     """Decode (..., 3) uint8 RGB made by flow_to_rgb with divisor `scale` (flow_scale) to (..., 2) float64
     flow (u, v) in pixels: the centre of each colour's pre-image, times the scale."""

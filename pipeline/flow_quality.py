@@ -1,16 +1,17 @@
 """Score the configured flow estimator against the synthetic dataset's ground truth (rule `flow_quality`).
 
 For every video, the forward flow F(t -> t+1), t < T-1, of the configured estimator is compared with
-`<gt-dir>/<video folder>.npy` ((T-1, H, W, 2) float32, written by pipeline.synthetic): endpoint error
+`<gt-root>/flow_gt/<video folder>.npy` ((T-1, H, W, 2) float32, written by pipeline.synthetic): endpoint error
 EPE = mean ||F - F_gt||_2 and the share of pixels whose error exceeds 3 px, per video and over all pixels.
 
-CLI: python -m pipeline.flow_quality --root R --annotations train.json --gt-dir R/flow_gt --params JSON
+The `gt` source scores 0 by construction (the oracle of the flow-quality axis, config/flow_axis.yaml).
+
+CLI: python -m pipeline.flow_quality --root R --annotations train.json --gt-root R --params JSON
   --out results/flow/quality.json
 """
 
 from __future__ import annotations
 
-import posixpath
 import sys
 import time
 from pathlib import Path
@@ -18,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from pipeline.flow import PairEstimator, estimator_cli, estimator_from_args, read_frames
+from pipeline.flow import FlowSource, GroundTruthFlow, estimator_cli, estimator_from_args, read_frames
 from pipeline.io import setup_logging, write_json_atomic
 from pipeline.ytvis import Video, load_ytvis
 
@@ -39,38 +40,31 @@ def summarise(errors: np.ndarray) -> dict:
             "pixels": int(errors.size)}
 
 
-def ground_truth_path(gt_dir: str | Path, video: Video) -> Path:
-    """`<gt_dir>/<folder of the video's frames>.npy`."""
-    return Path(gt_dir) / f"{posixpath.dirname(video.file_names[0])}.npy"
-
-
-def score_video(root: str | Path, gt_dir: str | Path, video: Video, estimate: PairEstimator) -> np.ndarray:
-    """(T-1, H, W) endpoint errors of the forward flow of one video against its ground truth."""
-    path = ground_truth_path(gt_dir, video)
-    if not path.is_file():
-        raise FileNotFoundError(f"video {video.id}: ground-truth flow {path} does not exist")
-    truth = np.load(path)
-    expected = (video.length - 1, video.height, video.width, 2)
-    if truth.shape != expected:
-        raise ValueError(f"video {video.id}: ground truth {path} has shape {truth.shape}, expected {expected}")
+def score_video(root: str | Path, truth: GroundTruthFlow, video: Video, source: FlowSource) -> np.ndarray:
+    """(T-1, H, W) endpoint errors of the forward flow of one video against its ground truth (zeros for
+    the `gt` source itself: the oracle's EPE)."""
+    expected = truth.forward(video)
     if video.length < 2:
         return np.zeros((0, video.height, video.width))
+    if isinstance(source, GroundTruthFlow):
+        return endpoint_errors(source.forward(video), expected)
     frames = read_frames(root, video)
-    return endpoint_errors(estimate(frames[:-1], frames[1:]), truth)
+    return endpoint_errors(source(frames[:-1], frames[1:]), expected)
 
 
 def main(argv: list[str] | None = None) -> None:
     """CLI of rule `flow_quality`."""
     ap = estimator_cli(__doc__)
-    ap.add_argument("--gt-dir", required=True, help="folder of <video>.npy ground-truth forward flows")
+    ap.add_argument("--gt-root", required=True, help="the synthetic dataset holding flow_gt/<video>.npy")
     args = ap.parse_args(argv)
     log = setup_logging()
     params, estimate = estimator_from_args(args)
     dataset = load_ytvis(args.root, args.annotations, check_files=False)
+    truth = GroundTruthFlow(args.gt_root)
     start = time.perf_counter()
     per_video, all_errors = {}, []
     for video in tqdm(dataset.videos, desc="flow quality", unit="video", file=sys.stderr):
-        errors = score_video(args.root, args.gt_dir, video, estimate)
+        errors = score_video(args.root, truth, video, estimate)
         if errors.size:
             per_video[str(video.id)] = summarise(errors)
             all_errors.append(errors.ravel())

@@ -2,12 +2,14 @@
 
 Each video is a layered scene rendered at subpixel precision:
 
-* **Background.** A smooth multi-scale texture over a small random palette (3-5 related colours around a
-  random base colour): one multi-scale noise field per palette colour (cell sizes ~25 %, 12 % and 6 % of
-  the short side), a softmax over the fields picks a blend of palette colours per pixel (transitions a few
-  pixels wide), and a band-limited luminance grain (Gaussian-blurred white noise, sigma 1.2 px) adds fine
-  detail that a flow estimator can track. It is drawn on an oversized canvas and moves under a global
-  similarity motion: a translation of up to 1.5 % of the short side per frame and a zoom of up to ±1 %.
+* **Background.** A smooth multi-scale texture over a small random palette (PALETTE_SIZES: 2-4 related
+  colours, std PALETTE_SPREAD = 34 levels around a random base colour): one multi-scale noise field per
+  palette colour (TEXTURE_CELLS: cell sizes 35 %, 18 % and 9 % of the short side), a softmax over the
+  fields (gain TEXTURE_SHARPNESS = 12) picks a blend of palette colours per pixel (transitions a few pixels
+  wide), and a band-limited luminance grain (Gaussian-blurred white noise, sigma GRAIN_SIGMA_PX = 1.2 px,
+  std GRAIN_AMPLITUDE = 2 grey levels) adds fine detail that a flow estimator can track. It is drawn on an
+  oversized canvas and moves under a global similarity motion: a translation of up to 1.5 % of the short
+  side per frame and a zoom of up to ±1 %.
 * **Objects.** 1..max_objects shapes, one of `classes` shape classes (ellipse, rectangle, triangle, star,
   cross, ring, crescent, arrow: the class is recognisable from the outline alone), of radius 12-25 % of the
   short side, rasterised anti-aliased at 4x and layered back to front in a random depth order, so they
@@ -16,23 +18,27 @@ Each video is a layered scene rendered at subpixel precision:
   per frame. Centres stay within the middle 70 % of the frame, so objects leave it only partly.
   The first object of video v has class (v mod K) + 1, so every class occurs in about videos/K videos.
 * **Camouflage.** With probability `camouflage_prob` an object's texture is a fresh draw of the
-  background's own generator (same palette, same scales, same grain) with a brightness change of at most
-  ±5 %, so colour contrast across its boundary is about that of the background's internal texture edges:
-  colour alone cannot tell the object boundary from texture, but the object moves differently from the
-  background. Otherwise the object is a two-tone texture around the colour furthest from the palette among
-  random candidates (a clear colour edge).
+  background's own generator (same palette, same scales, same grain) with its palette scaled by a
+  brightness factor within ±2 % (CAMOUFLAGE_BRIGHTNESS = 0.02): the object wears the background's colours,
+  so no colour of its own marks it, but its texture is an independent draw, so its rim is a texture seam
+  (measured below: a weak colour cue, far weaker than a distinct object's edge). The object moves
+  differently from the background. Otherwise the object is a two-tone texture around the colour furthest
+  from the palette among random candidates (a clear colour edge).
 
 Why it is a fair test rather than a rigged one. Flow is not made trivially perfect: the relative motion is
 only 1-3 px per frame at 128x160, objects rotate and scale (the flow varies inside an object), layers
 occlude and disocclude each other, and the palette has flat, weakly textured regions where estimators
 struggle. Colour is not made useless: the non-camouflaged objects (1 - camouflage_prob of them) have
-clear colour edges, and camouflaged ones keep a small brightness offset. Measured (24-30 videos, 96x128,
-camouflage_prob 0.5; checked in tests/pipeline/test_synthetic.py): the mean RGB contrast across a
-camouflaged boundary (pixels 2 apart) is 0.75x that of two random background pixels, and 24 % of its
-boundary pairs differ by < 8 grey levels; for distinct objects 3.5x and 0 %. The flow jumps by 1.7 px on
-average across both kinds of boundary, against 0.01 px between background neighbours. OpenCV DIS (medium)
-on the default config scores EPE 0.20 px overall, 0.55 px on objects and 1.02 px within 2 px of a layer
-boundary (mean |flow| 1.5 px): estimated flow is informative but far from perfect at the boundaries.
+clear colour edges, and camouflaged ones keep a texture seam. Measured in tests/pipeline/test_synthetic.py
+(24 videos, 96x128, camouflage_prob 0.5): pixel pairs 2 apart across a camouflaged boundary differ by
+0.8x as much as two random background pixels, and 24 % of them by < 8 grey levels (distinct objects: 2.8x
+and 0.1 %); the mean colour of an object's 3-px rim differs from that of the 3-px background ring around
+it by ~26 RGB levels when camouflaged against ~191 when distinct, while that background ring differs from
+the next ring out by ~10 (the background's own smooth texture). The flow jumps by 1.5-1.6 px on average
+across both kinds of boundary, against 0.01 px between background neighbours. OpenCV DIS (medium) on the
+rendered frames of the default config (96 videos, measured once; rule flow_quality reports the same on
+every run) scores EPE 0.20 px overall, 0.53 px on objects and 1.01 px within 2 px of a layer boundary
+(mean |flow| 1.4 px): estimated flow is informative but far from perfect at the boundaries.
 
 Ground truth. Masks are the visible part of each object (alpha >= 0.5, minus what lies in front); a frame
 where nothing is visible gets null segmentation, bbox and area. The forward flow F(t -> t+1) at pixel p is

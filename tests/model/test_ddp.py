@@ -202,7 +202,7 @@ def _part(batch: Batch, lo: int, hi: int) -> Batch:
 def _network_grads(batch: Batch) -> dict[str, torch.Tensor]:
     """Gradient of the real network's total loss (step past the pairwise warm-up), averaged over ranks as DDP
     does. eval(): the mask branch's BatchNorm uses its running statistics, which no split can change (its
-    per-process batch statistics on a CPU can; on GPUs the trainer uses SyncBatchNorm)."""
+    per-process batch statistics on a CPU can; on GPUs the trainer uses SyncBatchNorm when train.sync_bn)."""
     network, _, _ = build_network(tiny_model(), 2)
     network.eval()
     sum(network(batch, step=100).values()).backward()

@@ -171,6 +171,20 @@ def test_controller_size_follows_mask_fusion():
     assert _model(two_stream=False).fcos_head.controller.out_channels == 169
 
 
+@pytest.mark.parametrize("fusion, width", [("concat", 16), ("sum", 8), ("max", 8)])
+def test_no_motion_for_mask_keeps_the_mask_head_capacity(fusion, width):
+    """Table 2's "w/o motion for segmentation": the appearance branch alone feeds the dynamic head as many
+    channels as the fused streams do (16 = 2 x 8 for concat), so the row measures motion, not capacity."""
+    batch = _batch()
+    for model in (_model(mask_fusion=fusion), _model(mask_fusion=fusion, motion_for_mask=False)):
+        assert model.mask_head.in_channels == width
+        assert model.fcos_head.controller.out_channels == (width + 2) * 8 + 8 * 8 + 8 + 8 + 8 + 1
+        _, feats = model._features(batch.images, batch.flows, batch.image_sizes)
+        assert feats.shape[1] == width
+    alone = _model(mask_fusion=fusion, motion_for_mask=False)
+    assert alone.mask_branch_flow is None and alone.mask_branch_image.tower[-1].out_channels == width
+
+
 # ------------------------------------------------------------------------------------------------------
 # switches: every configuration of the paper's Tables 2 and 4 builds and trains one step
 

@@ -23,7 +23,7 @@ TINY_MODEL = Path(__file__).parent / "tiny_model.json"
 EVALUATE = {"min_size": 64, "max_size": 96, "score_thresh": 0.0, "nms_thresh": 0.6, "topk_per_level": 50,
             "max_dets": 5, "mask_thresh": 0.5}
 FLOW = {"estimator": "dis", "shard_size": 4, "gma": {"checkpoint": "none.pth", "iters": 2, "dtype": "float32"},
-        "dis": {"preset": "fast"}}
+        "raft": {"model": "small", "weights": "C_T_V2", "iters": 2}, "dis": {"preset": "fast"}}
 CATEGORY_IDS, CATEGORY_NAMES = [3, 7], ["ellipse", "star"]
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from torch import nn
 
 from model.launch import launch_command
@@ -59,16 +60,19 @@ def test_train_params_reject_bad_values() -> None:
         params_from_json(TrainParams, json.dumps({**raw, "learning_rate": 1}), "train")
 
 
-def test_weight_decay_only_on_conv_and_linear_weights() -> None:
-    """Norm weights/biases, conv biases and scalars get no decay; frozen parameters are left out."""
+def test_weight_decay_as_detectron2_applies_it() -> None:
+    """detectron2 (SOLVER.WEIGHT_DECAY_NORM 0, WEIGHT_DECAY_BIAS = WEIGHT_DECAY): norm layers' weights and
+    biases get no decay; conv/linear weights, their biases and scalars do; frozen and shared ones as stated."""
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.GroupNorm(2, 4), nn.BatchNorm2d(4), nn.Linear(4, 2))
     model.scale = nn.Parameter(torch.tensor(1.0))
+    model.shared = model[0]  # the same conv twice: its parameters once
     model[3].bias.requires_grad_(False)
     decay, no_decay = param_groups(model, 1e-4)
     assert decay["weight_decay"] == 1e-4 and no_decay["weight_decay"] == 0.0
-    assert {id(p) for p in decay["params"]} == {id(model[0].weight), id(model[3].weight)}
-    assert {id(p) for p in no_decay["params"]} == {id(model[0].bias), id(model[1].weight), id(model[1].bias),
-                                                   id(model[2].weight), id(model[2].bias), id(model.scale)}
+    assert [id(p) for p in decay["params"]] == [id(model.scale), id(model[0].weight), id(model[0].bias),
+                                                id(model[3].weight)]
+    assert {id(p) for p in no_decay["params"]} == {id(model[1].weight), id(model[1].bias), id(model[2].weight),
+                                                   id(model[2].bias)}
 
 
 def _state(value: float) -> dict:
@@ -159,3 +163,27 @@ def test_run_key_keeps_extended_runs_and_separates_changed_ones() -> None:
     assert run_key({"backbone": "resnet18"}, params(), other) != key
     assert run_key({"backbone": "resnet18"}, params(iters=600), other) == run_key({"backbone": "resnet18"},
                                                                                  params(), other)
+
+
+def test_ytvis2019_config_is_the_papers_setting() -> None:
+    """config/ytvis2019.yaml over config.yaml (as --configfile merges it) passes the schema, and its training
+    is AdelaiDet's: fp32, per-GPU BatchNorm, weight decay 1e-4; its w/o-motion-for-mask row keeps 16 channels."""
+    from snakemake.utils import update_config, validate
+
+    from model.network import ModelParams
+    from pipeline.config import coerce_numbers, load_schema
+    repo = Path(__file__).resolve().parents[2]
+    config = yaml.safe_load((repo / "config.yaml").read_text())
+    update_config(config, yaml.safe_load((repo / "config/ytvis2019.yaml").read_text()))
+    schema = repo / "workflow/schemas/config.schema.yaml"
+    coerce_numbers(config, load_schema(schema))
+    validate(config, str(schema))
+    train = params_from_json(TrainParams, json.dumps(config["train"]), "train")
+    assert (train.amp, train.sync_bn, train.weight_decay, train.momentum) == ("fp32", False, 1e-4, 0.9)
+    assert (train.iters, train.batch_size, train.scaled_lr, train.steps) == (90000, 16, 0.01, (60000, 80000))
+    for name, width in (("ours", 16), ("no_motion_mask", 16), ("mask_sum", 8), ("boxinst", 16)):
+        model = ModelParams(**{**config["model"], **config["experiments"][name]["model"]})
+        assert model.mask_head_channels == width, name
+    for flawed in ({"amp": "fp64"}, {"sync_bn": "yes"}):
+        with pytest.raises(Exception, match="amp|sync_bn"):
+            validate({**config, "train": {**config["train"], **flawed}}, str(schema))

@@ -1,4 +1,5 @@
-"""Flow stage: DIS on known translations, the last-frame / one-frame rules, the shard store, atomicity."""
+"""Flow stage: DIS on known translations, the last-frame / one-frame rules, the shard store, atomicity;
+the ground-truth source (gt) through the codec, torchvision's RAFT with random weights."""
 
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ from damage import damage_frame, leftovers
 REPO = Path(__file__).resolve().parents[2]
 SECTION = {"estimator": "dis", "shard_size": 2,
            "gma": {"checkpoint": "weights/gma-sintel.pth", "iters": 12, "dtype": "float32"},
+           "raft": {"model": "large", "weights": "C_T_SKHT_V2", "iters": 12},
            "dis": {"preset": "medium"}}
 
 
@@ -102,7 +104,11 @@ def test_params_from_config_yaml():
 
 def test_params_errors_name_the_field():
     with pytest.raises(ValueError, match="flow.estimator"):
-        params(estimator="raft")
+        params(estimator="pwc")
+    with pytest.raises(ValueError, match="flow.raft.model"):
+        params(raft__model="huge")
+    with pytest.raises(ValueError, match="flow.raft.iters"):
+        params(raft__iters=0)
     with pytest.raises(ValueError, match="flow.dis.preset"):
         params(dis__preset="slow")
     with pytest.raises(ValueError, match="flow.gma.dtype"):
@@ -348,7 +354,7 @@ def test_flow_quality_on_known_translations(tmp_path):
         truth[..., 0], truth[..., 1] = du, dv
         np.save(root / "flow_gt" / f"v{vid}.npy", truth)
     out = tmp_path / "quality.json"
-    flow_quality.main(["--root", str(root), "--annotations", "train.json", "--gt-dir", str(root / "flow_gt"),
+    flow_quality.main(["--root", str(root), "--annotations", "train.json", "--gt-root", str(root),
                        "--params", json.dumps(SECTION), "--out", str(out)])
     report = json.loads(out.read_text())
     assert set(report["videos"]) == {"10", "13"} and report["estimator"] == "dis"
@@ -395,3 +401,163 @@ def test_damaged_frame_fails_the_job_naming_it_and_leaves_nothing(make_ytvis, tm
         run_cli(root, out, 0, SECTION)
     assert f"{frame}: video 108 frame 2" in str(err.value)
     assert sorted(os.listdir(out.parent)) == [] and leftovers(tmp_path) == []  # no store, no log, no temporary
+
+
+# --- the ground-truth source (gt) ------------------------------------------------------------------------
+
+def decoded_direction_radius(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Encoded flow (..., 3) uint8 -> (direction atan2(v, u) in [0, 2 pi), normalised radius) per pixel.
+
+    flow_codec: fk = (atan2(-v, -u) / pi + 1) / 2 * 54, and atan2(-v, -u) = atan2(v, u) - pi (mod 2 pi),
+    so atan2(v, u) = 2 pi fk / 54 (mod 2 pi)."""
+    from pipeline.flow_codec import NUM_COLS, rgb_to_hue_radius
+    fk, radius = rgb_to_hue_radius(rgb)
+    return np.mod(2 * np.pi * fk / (NUM_COLS - 1), 2 * np.pi), radius
+
+
+def test_gt_store_decodes_to_the_ground_truth(tmp_path):
+    """Rule flow with estimator gt on a synthetic dataset: every stored frame decodes to the ground truth's
+    direction and relative magnitude within the codec's quantisation.
+
+    Tolerances from the codec's arithmetic (pipeline/flow_codec.py). The smallest channel is
+    floor(255 (1 - r)), r = |F| / (max |F| + 1e-5), and the decoder takes the centre of its interval:
+    |r' - r| <= 0.5 / 255. The ramping channel is floor(255 (1 - r (1 - w))), w the wheel value in [0, 1]:
+    w is known to (0.5 / 255 + 0.5 / 255) / r = 1 / (255 r), and the wheel ramps by at least 17 / 255 per
+    hue step (the 15-step red-yellow segment), so the hue index fk is off by at most 15 / (255 r) steps,
+    i.e. the direction by 2 pi / 54 * 15 / (255 r) = 0.00684 / r rad."""
+    from pipeline.synthetic import SyntheticParams, write_dataset
+    root = tmp_path / "synthetic"
+    write_dataset(SyntheticParams(videos=3, frames=3, height=64, width=96, classes=2, max_objects=2,
+                                  camouflage_prob=0.5, seed=3), root)
+    section = {**SECTION, "estimator": "gt", "shard_size": 3}
+    out = tmp_path / "results" / "shard_0.zarr"
+    run_cli(root, out, 0, section)
+    group = open_flow_store(out, params(estimator="gt", shard_size=3), videos=[1, 2, 3])
+    assert group.attrs["estimator"] == "gt" and group.attrs["iters"] is None
+    checked = 0
+    for video in load_ytvis(root, "train.json").videos:
+        truth = np.load(root / "flow_gt" / f"video_{video.id:05d}.npy")  # (T-1, H, W, 2)
+        truth = np.concatenate([truth, truth[-1:]])  # the last frame stores F(T-2 -> T-1)
+        stored = group[str(video.id)][...]
+        assert stored.shape == (video.length, video.height, video.width, 3)
+        for t in range(video.length):
+            u, v = truth[t, ..., 0].astype(np.float64), truth[t, ..., 1].astype(np.float64)
+            magnitude = np.hypot(u, v)
+            radius = magnitude / (magnitude.max() + 1e-5)
+            direction, decoded_radius = decoded_direction_radius(stored[t])
+            assert np.abs(decoded_radius - radius).max() <= 0.5 / 255 + 1e-6
+            moving = radius >= 0.05
+            error = np.abs(np.angle(np.exp(1j * (direction - np.arctan2(v, u)))))[moving]  # wrapped to [0, pi]
+            assert (error <= 2 * np.pi / 54 * 15 / (255 * radius[moving]) + 1e-6).all(), error.max()
+            checked += int(moving.sum())
+    assert checked > 10_000
+
+
+def test_gt_without_ground_truth_is_an_error(tmp_path):
+    """A real YouTube-VIS root (no flow_gt/) with estimator gt: the CLI and the workflow both refuse."""
+    root = tmp_path / "data"
+    make_dataset(root, lengths=[2])
+    out = tmp_path / "results" / "shard_0.zarr"
+    with pytest.raises(FileNotFoundError, match=r"flow_gt does not exist; only the synthetic dataset"):
+        run_cli(root, out, 0, {**SECTION, "estimator": "gt"})
+    assert not out.exists()
+    with pytest.raises(ValueError, match=r"flow.estimator gt .*new footage has none"):
+        make_estimator(params(estimator="gt"))
+    run = subprocess.run([sys.executable, "-m", "snakemake", "-n", "-s", str(REPO / "Snakefile"), "--directory",
+                          str(tmp_path), "--config", "dataset=" + json.dumps({"root": str(root)}),
+                          'flow={"estimator": "gt"}'],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode != 0 and "flow.estimator: gt" in run.stderr + run.stdout, run.stderr[-2000:]
+
+
+def test_flow_quality_of_gt_is_zero(tmp_path):
+    from pipeline import flow_quality
+    from pipeline.synthetic import SyntheticParams, write_dataset
+    root = tmp_path / "synthetic"
+    write_dataset(SyntheticParams(videos=2, frames=2, height=32, width=32, classes=1, max_objects=1,
+                                  camouflage_prob=0.5, seed=0), root)
+    out = tmp_path / "quality.json"
+    flow_quality.main(["--root", str(root), "--annotations", "train.json", "--gt-root", str(root),
+                       "--params", json.dumps({**SECTION, "estimator": "gt"}), "--out", str(out)])
+    report = json.loads(out.read_text())
+    assert report["estimator"] == "gt" and report["overall"] == {"epe": 0.0, "outliers_3px": 0.0, "pixels": 2 * 32 * 32}
+
+
+# --- torchvision's RAFT ------------------------------------------------------------------------------------
+
+def random_raft_small():
+    """torchvision's raft_small with seeded random weights."""
+    import torch
+    from torchvision.models.optical_flow import raft_small
+    torch.manual_seed(0)
+    return raft_small(weights=None, progress=False)
+
+
+def test_raft_inputs_match_torchvision_transforms():
+    """Our normalisation is the RAFT weights' own transforms; on sides that need no padding the estimator
+    returns what the torchvision model returns on the transformed frames."""
+    import torch
+    from torchvision.models.optical_flow import Raft_Small_Weights
+    from pipeline.flow import RaftEstimator, raft_inputs
+    torch.set_num_threads(1)
+    frames = translating_video(3, 128, 136, 2, 1, seed=4)
+    t1, t2 = (torch.as_tensor(f).permute(0, 3, 1, 2) for f in (frames[:2], frames[1:]))
+    ref1, ref2 = Raft_Small_Weights.C_T_V2.transforms()(t1, t2)
+    assert torch.allclose(raft_inputs(frames[:2], "cpu"), ref1, atol=1e-6)
+    model = random_raft_small().eval()
+    estimator = RaftEstimator(model, iters=2, batch_size=1)
+    assert estimator.min_size == 128  # 8 * 2^4 correlation levels: the coarsest level 2x2
+    with torch.inference_mode():
+        expected = model(ref1, ref2, num_flow_updates=2)[-1].permute(0, 2, 3, 1).numpy()
+    assert np.allclose(estimator(frames[:2], frames[1:]), expected, atol=1e-4)
+
+
+def test_raft_random_weights_through_write_shard(tmp_path):
+    """Sides that are not multiples of 8 (padded, cropped back), one-frame videos, batches of 2 pairs."""
+    import torch
+    from pipeline.flow import RaftEstimator
+    torch.set_num_threads(1)
+    root = tmp_path / "data"
+    frames = make_dataset(root, lengths=[3, 1, 2], height=44, width=60)
+    videos = load_ytvis(root, "train.json").videos
+    estimator = RaftEstimator(random_raft_small(), iters=2, batch_size=2)
+    section = {**SECTION, "estimator": "raft", "shard_size": 3, "raft": {"model": "small", "weights": "C_T_V2",
+                                                                        "iters": 2}}
+    attributes = store_attributes(FlowParams.from_json(json.dumps(section), "test"), [v.id for v in videos], None)
+    out = tmp_path / "shard_0.zarr"
+    write_shard(out, root, videos, estimator, attributes, progress=False)
+    group = open_flow_store(out, FlowParams.from_json(json.dumps(section), "test"), videos=[10, 13, 16])
+    assert group.attrs["iters"] == 2
+    for vid, video in frames.items():
+        stored = group[str(vid)][...]
+        assert stored.shape == video.shape and stored.dtype == np.uint8
+        flows = video_flow(video, estimator)
+        assert np.array_equal(stored, flow.encode_video(flows))
+        single = RaftEstimator(estimator.model, iters=2, batch_size=1)  # batching changes only rounding
+        assert np.allclose(flows, video_flow(video, single), atol=1e-4)
+    assert (group["13"][...] == 255).all()
+
+
+def test_raft_weights_local_file_and_offline_message(tmp_path, monkeypatch):
+    import torch
+    from torchvision.models.optical_flow import Raft_Large_Weights
+    from pipeline.flow import RaftParams, load_raft, raft_cache_path
+    path = tmp_path / "raft_small.pth"
+    reference = random_raft_small()
+    torch.save(reference.state_dict(), path)
+    loaded = load_raft(RaftParams("small", str(path), 2), "cpu")
+    assert not loaded.training
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), reference.state_dict().values()))
+    with pytest.raises(ValueError, match="does not fit raft_large"):
+        load_raft(RaftParams("large", str(path), 2), "cpu")
+    with pytest.raises(FileNotFoundError, match="neither a file nor a torchvision weights name of raft_small"):
+        load_raft(RaftParams("small", str(tmp_path / "absent.pth"), 2), "cpu")
+
+    def offline(*args, **kwargs):
+        raise OSError("no network")
+    monkeypatch.setattr(type(Raft_Large_Weights.C_T_SKHT_V2), "get_state_dict", offline)
+    with pytest.raises(FileNotFoundError) as info:
+        make_estimator(params(estimator="raft"), "cpu")
+    cache = raft_cache_path("large", "C_T_SKHT_V2")
+    assert cache.name == "raft_large_C_T_SKHT_V2-ff5fadd5.pth"
+    assert str(cache) in str(info.value) and "flow.raft.weights" in str(info.value)
