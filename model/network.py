@@ -38,6 +38,7 @@ class ModelParams:
 
     backbone: Depth  # resnet18 | resnet34 | resnet50 | resnet101
     weights: str | None  # "imagenet" | path to a torchvision ResNet state dict | None
+    backbone_width: int  # stem/layer1 channels: 64 = torchvision's ResNet; narrower only from scratch
     fpn_channels: int  # 256 in the paper
     mask_branch_channels: int  # 128 in CondInst
     mask_channels: int  # C_mask per stream (8; 16 after concat)
@@ -147,7 +148,7 @@ class TwoStreamCondInst(nn.Module):
         self.mask_levels = params.mask_in_features
         self.mask_stride = STRIDES[params.mask_in_features[0]]
         ch = params.fpn_channels
-        self.backbone = ResNetBackbone(params.backbone, params.weights)
+        self.backbone = ResNetBackbone(params.backbone, params.weights, params.backbone_width)
         self.fpn_image = FPN(self.backbone.out_channels, ch, LEVELS)
         flow_levels = (LEVELS if params.flow_for_detection else ()) + \
             (self.mask_levels if params.flow_for_mask else ())

@@ -24,6 +24,7 @@ import hashlib
 import io
 import json
 import logging
+import math
 import os
 import random
 import sys
@@ -56,13 +57,15 @@ class TrainParams:
 
     iters: int  # training iterations
     batch_size: int  # global batch: images per iteration over all processes
+    optimizer: Literal["sgd", "adamw"]  # SGD with momentum (the paper) or AdamW (decoupled weight decay)
     lr: float  # learning rate at base_batch images (linear scaling: scaled_lr = lr · batch_size / base_batch)
     base_batch: int
-    momentum: float
+    momentum: float  # SGD's momentum; AdamW's beta1 (beta2 0.999)
     weight_decay: float  # on conv/linear weights only; none on norm parameters and biases
+    schedule: Literal["step", "cosine"]  # after the warm-up: gamma at each of `steps`, or cosine to 0 at iters
     warmup_iters: int  # linear warm-up from warmup_factor·lr to lr
     warmup_factor: float
-    steps: tuple[int, ...]  # iterations where lr is multiplied by gamma
+    steps: tuple[int, ...]  # iterations where lr is multiplied by gamma (schedule step)
     gamma: float
     min_sizes: tuple[int, ...]  # short side of a training frame, drawn uniformly
     max_size: int  # cap on the long side
@@ -77,6 +80,10 @@ class TrainParams:
         """Lists from JSON become tuples; values are checked, naming the config field."""
         object.__setattr__(self, "steps", tuple(self.steps))
         object.__setattr__(self, "min_sizes", tuple(self.min_sizes))
+        if self.optimizer not in ("sgd", "adamw"):
+            raise ValueError(f"train.optimizer: expected sgd or adamw, got {self.optimizer!r}")
+        if self.schedule not in ("step", "cosine"):
+            raise ValueError(f"train.schedule: expected step or cosine, got {self.schedule!r}")
         if self.amp not in ("fp32", "bf16", "fp16"):
             raise ValueError(f"train.amp: expected fp32, bf16 or fp16, got {self.amp!r}")
         for name in ("iters", "batch_size", "base_batch", "checkpoint_every", "max_bad_steps", "max_size"):
@@ -93,15 +100,32 @@ class TrainParams:
         return self.lr * self.batch_size / self.base_batch
 
 
+def warmup_at(step: int, warmup_iters: int, warmup_factor: float) -> float:
+    """Factor of the linear warm-up at 0-based iteration `step`: warmup_factor at 0, rising to 1 at warmup_iters."""
+    if step >= warmup_iters:
+        return 1.0
+    alpha = step / warmup_iters
+    return warmup_factor * (1 - alpha) + alpha
+
+
 def lr_at(step: int, lr: float, warmup_iters: int, warmup_factor: float, steps: tuple[int, ...],
           gamma: float) -> float:
     """Learning rate of 0-based iteration `step`: linear warm-up from warmup_factor·lr over warmup_iters,
     times gamma for every milestone in `steps` already reached (detectron2's WarmupMultiStepLR)."""
-    warmup = 1.0
-    if step < warmup_iters:
-        alpha = step / warmup_iters
-        warmup = warmup_factor * (1 - alpha) + alpha
-    return lr * warmup * gamma ** bisect.bisect_right(steps, step)
+    return lr * warmup_at(step, warmup_iters, warmup_factor) * gamma ** bisect.bisect_right(steps, step)
+
+
+def cosine_lr_at(step: int, lr: float, warmup_iters: int, warmup_factor: float, iters: int) -> float:
+    """Learning rate of 0-based iteration `step`: the same linear warm-up, times the half cosine
+    (1 + cos(π · step / iters)) / 2 from 1 at step 0 to 0 at `iters` (detectron2's WarmupCosineLR)."""
+    return lr * warmup_at(step, warmup_iters, warmup_factor) * 0.5 * (1 + math.cos(math.pi * step / iters))
+
+
+def scheduled_lr(step: int, params: TrainParams) -> float:
+    """Learning rate of 0-based iteration `step` under the train section's schedule (peak: scaled_lr)."""
+    if params.schedule == "cosine":
+        return cosine_lr_at(step, params.scaled_lr, params.warmup_iters, params.warmup_factor, params.iters)
+    return lr_at(step, params.scaled_lr, params.warmup_iters, params.warmup_factor, params.steps, params.gamma)
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
@@ -112,6 +136,14 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
         if param.requires_grad:
             (decay if param.ndim >= 2 else no_decay).append(param)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def make_optimizer(model: nn.Module, params: TrainParams) -> torch.optim.Optimizer:
+    """SGD with momentum or AdamW over `param_groups`, at the peak rate scaled_lr (the loop sets each step's)."""
+    groups = param_groups(model, params.weight_decay)
+    if params.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=params.scaled_lr, betas=(params.momentum, 0.999))
+    return torch.optim.SGD(groups, lr=params.scaled_lr, momentum=params.momentum)
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -308,7 +340,7 @@ def train(paths: RunPaths, model_params: dict, params: TrainParams, build_model:
     dataset_categories = FrameDataset.categories(paths.index)
     model, reads_flow, reads_flow_pairs = build_model(model_params, len(dataset_categories[0]))
     model.to(device)
-    optimizer = torch.optim.SGD(param_groups(model, params.weight_decay), lr=params.scaled_lr, momentum=params.momentum)
+    optimizer = make_optimizer(model, params)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
 
     # ---- resume: rank 0 picks the checkpoint, every rank loads the same file.
@@ -376,7 +408,7 @@ def train(paths: RunPaths, model_params: dict, params: TrainParams, build_model:
     while step < params.iters:
         batch = next(loader_iter).to(device)
         t_data = time.perf_counter() - t_last
-        lr = lr_at(step, params.scaled_lr, params.warmup_iters, params.warmup_factor, params.steps, params.gamma)
+        lr = scheduled_lr(step, params)
         for group in optimizer.param_groups:
             group["lr"] = lr
         with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
