@@ -137,12 +137,7 @@ class ResNetBackbone(nn.Module):
         super().__init__()
         if depth not in _BUILDERS:
             raise ValueError(f"model.backbone: {depth!r} is not one of {sorted(_BUILDERS)}")
-        pretrained = weights is not None
-        if pretrained and width != TORCHVISION_WIDTH:
-            raise ValueError(f"model.backbone_width: pretrained weights ({weights}) need width "
-                             f"{TORCHVISION_WIDTH}, got {width}; narrower backbones train from scratch (weights null)")
-        if width < 2 or width % 2 or width > TORCHVISION_WIDTH:
-            raise ValueError(f"model.backbone_width: expected an even number in 2..{TORCHVISION_WIDTH}, got {width}")
+        pretrained = weights is not None  # ModelParams checks that pretrained weights come with width 64
         norm = FrozenBatchNorm2d if pretrained else functools.partial(
             nn.GroupNorm, SCRATCH_GROUPS * width // TORCHVISION_WIDTH)
         if width == TORCHVISION_WIDTH:

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from model.backbone import Depth, ResNetBackbone
+from model.backbone import TORCHVISION_WIDTH, Depth, ResNetBackbone
 from model.batch import Batch
 from model.condinst import (MASK_OUT_STRIDE, DynamicMaskHead, MaskBranch, aligned_bilinear, box_masks_s4,
                             instance_scores, sample_instances)
@@ -68,6 +68,13 @@ class ModelParams:
                 raise ValueError(f"model.{name}: expected a positive integer, got {getattr(self, name)}")
         if self.pairwise_warmup < 0:
             raise ValueError(f"model.pairwise_warmup: expected >= 0, got {self.pairwise_warmup}")
+        if self.backbone_width < 2 or self.backbone_width % 2 or self.backbone_width > TORCHVISION_WIDTH:
+            raise ValueError(f"model.backbone_width: expected an even number in 2..{TORCHVISION_WIDTH}, "
+                             f"got {self.backbone_width}")
+        if self.weights is not None and self.backbone_width != TORCHVISION_WIDTH:
+            raise ValueError(f"model.backbone_width: pretrained weights ({self.weights}) need width "
+                             f"{TORCHVISION_WIDTH}, got {self.backbone_width}; a narrower backbone trains from "
+                             f"scratch (weights null)")
 
     @property
     def flow_for_detection(self) -> bool:

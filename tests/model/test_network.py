@@ -117,10 +117,11 @@ def test_narrow_backbone_is_torchvision_layout_scaled_by_width():
     assert [tuple(c.shape) for c in (c3, c4, c5)] == [(1, 64, 8, 12), (1, 128, 4, 6), (1, 256, 2, 3)]
     norms = [m for m in bb.modules() if isinstance(m, torch.nn.GroupNorm)]
     assert len(norms) == 1 + 2 * 4 * 2 + 3 and all(m.num_groups == 16 for m in norms)
-    with pytest.raises(ValueError, match="model.backbone_width"):
-        ResNetBackbone("resnet18", "imagenet", width=32)
-    with pytest.raises(ValueError, match="model.backbone_width"):
-        ResNetBackbone("resnet18", None, width=33)
+    with pytest.raises(ValueError, match="model.backbone_width: pretrained"):
+        _params(weights="imagenet", backbone_width=32)
+    for odd in (33, 0, 128):
+        with pytest.raises(ValueError, match="model.backbone_width: expected"):
+            _params(backbone_width=odd)
 
 
 def test_backbone_local_weights_roundtrip_and_key_errors(tmp_path):
@@ -181,6 +182,11 @@ def test_config_model_section_builds_params():
     params = params_from_json(ModelParams, json.dumps(cfg["model"]), "config.yaml model")
     assert set(cfg["model"]) == set(ModelParams.field_names())
     assert isinstance(params.mask_in_features, tuple)
+    # the paper's config on top of the default: every experiment's model (ImageNet weights) is a valid one
+    paper = yaml.safe_load((ROOT / "config/ytvis2019.yaml").read_text())
+    for name, exp in paper["experiments"].items():
+        model = {**cfg["model"], **paper["model"], **exp["model"]}
+        assert params_from_json(ModelParams, json.dumps(model), name).backbone_width == 64
 
 
 def test_params_reject_bad_values():
