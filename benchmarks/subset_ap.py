@@ -8,15 +8,21 @@ neither a true nor a false positive), so a subset's AP scores the same detection
 
 from __future__ import annotations
 
-import argparse
-import contextlib
-import io
-import json
-from pathlib import Path
+import os
+import sys
 
-from pycocotools.cocoeval import COCOeval
+# benchmarks/model.py would shadow the `model` package: drop this script's folder from the import path.
+sys.path = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(os.path.abspath(__file__))]
 
-from model.coco_eval import load_coco
+import argparse  # noqa: E402
+import contextlib  # noqa: E402
+import io  # noqa: E402
+import json  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from pycocotools.cocoeval import COCOeval  # noqa: E402
+
+from model.coco_eval import load_coco  # noqa: E402
 
 
 class SubsetCOCOeval(COCOeval):
