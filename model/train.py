@@ -268,8 +268,10 @@ TRAJECTORY_NEUTRAL = ("iters", "checkpoint_every", "max_bad_steps")  # fields th
 def run_key(model_params: dict, params: TrainParams) -> str:
     """12 hex digits naming a training trajectory: the model section and the train fields that change what
     any iteration computes. Extending `iters` keeps the key (the run resumes); any other change starts fresh
-    in its own checkpoint folder, so a Snakemake rerun after a params change equals a fresh run."""
-    train = {k: v for k, v in dataclasses.asdict(params).items() if k not in TRAJECTORY_NEUTRAL}
+    in its own checkpoint folder, so a Snakemake rerun after a params change equals a fresh run. Under the
+    cosine schedule `iters` sets every iteration's rate, so there it is part of the key."""
+    neutral = [k for k in TRAJECTORY_NEUTRAL if not (k == "iters" and params.schedule == "cosine")]
+    train = {k: v for k, v in dataclasses.asdict(params).items() if k not in neutral}
     text = json.dumps({"model": model_params, "train": train}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
@@ -396,7 +398,7 @@ def train(paths: RunPaths, model_params: dict, params: TrainParams, build_model:
         trim_metrics(metrics_path, start_step)
         writer = SummaryWriter(str(paths.out / "tb"), purge_step=start_step + 1)
 
-    # ---- the loop. `step` counts finished iterations; iteration `step` runs at lr_at(step) and passes
+    # ---- the loop. `step` counts finished iterations; iteration `step` runs at scheduled_lr(step) and passes
     # step + 1 to the network (its pairwise warm-up min(step / 10000, 1), as AdelaiDet's counter).
     step = start_step
     bad_in_row = 0

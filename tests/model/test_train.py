@@ -201,3 +201,8 @@ def test_run_key_keeps_extended_runs_and_separates_changed_ones() -> None:
     assert run_key({"backbone": "resnet18"}, params(lr=0.02)) != key
     assert run_key({"backbone": "resnet18"}, params(seed=1)) != key
     assert run_key({"backbone": "resnet50"}, params()) != key
+    # cosine: iters sets every iteration's rate (cosine_lr_at differs at step 1), so it is part of the key
+    assert cosine_lr_at(1, 0.01, 0, 0.1, 6) != cosine_lr_at(1, 0.01, 0, 0.1, 600)
+    cosine = run_key({"backbone": "resnet18"}, params(schedule="cosine"))
+    assert cosine != key and run_key({"backbone": "resnet18"}, params(schedule="cosine", iters=600)) != cosine
+    assert run_key({"backbone": "resnet18"}, params(schedule="cosine", checkpoint_every=7)) == cosine
