@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from model.backbone import Depth, ResNetBackbone
+from model.backbone import TORCHVISION_WIDTH, Depth, ResNetBackbone
 from model.batch import Batch
 from model.condinst import (MASK_OUT_STRIDE, DynamicMaskHead, MaskBranch, aligned_bilinear, box_masks_s4,
                             instance_scores, sample_instances)
@@ -42,6 +42,7 @@ class ModelParams:
 
     backbone: Depth  # resnet18 | resnet34 | resnet50 | resnet101
     weights: str | None  # "imagenet" | path to a torchvision ResNet state dict | None
+    backbone_width: int  # stem/layer1 channels: 64 = torchvision's ResNet; narrower only from scratch
     fpn_channels: int  # 256 in the paper
     mask_branch_channels: int  # 128 in CondInst
     mask_channels: int  # C_mask per stream (8; 16 after concat)
@@ -70,6 +71,13 @@ class ModelParams:
                 raise ValueError(f"model.{name}: expected a positive integer, got {getattr(self, name)}")
         if self.pairwise_warmup < 0:
             raise ValueError(f"model.pairwise_warmup: expected >= 0, got {self.pairwise_warmup}")
+        if self.backbone_width < 2 or self.backbone_width % 2 or self.backbone_width > TORCHVISION_WIDTH:
+            raise ValueError(f"model.backbone_width: expected an even number in 2..{TORCHVISION_WIDTH}, "
+                             f"got {self.backbone_width}")
+        if self.weights is not None and self.backbone_width != TORCHVISION_WIDTH:
+            raise ValueError(f"model.backbone_width: pretrained weights ({self.weights}) need width "
+                             f"{TORCHVISION_WIDTH}, got {self.backbone_width}; a narrower backbone trains from "
+                             f"scratch (weights null)")
 
     @property
     def flow_for_detection(self) -> bool:
@@ -156,7 +164,7 @@ class TwoStreamCondInst(nn.Module):
         self.mask_levels = params.mask_in_features
         self.mask_stride = STRIDES[params.mask_in_features[0]]
         ch = params.fpn_channels
-        self.backbone = ResNetBackbone(params.backbone, params.weights)
+        self.backbone = ResNetBackbone(params.backbone, params.weights, params.backbone_width)
         self.fpn_image = FPN(self.backbone.out_channels, ch, LEVELS)
         flow_levels = (LEVELS if params.flow_for_detection else ()) + \
             (self.mask_levels if params.flow_for_mask else ())

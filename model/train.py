@@ -31,6 +31,7 @@ import hashlib
 import io
 import json
 import logging
+import math
 import os
 import random
 import time
@@ -64,13 +65,15 @@ class TrainParams:
 
     iters: int  # training iterations
     batch_size: int  # global batch: images per iteration over all processes
+    optimizer: Literal["sgd", "adamw"]  # SGD with momentum (the paper) or AdamW (decoupled weight decay)
     lr: float  # learning rate at base_batch images (linear scaling: scaled_lr = lr · batch_size / base_batch)
     base_batch: int
-    momentum: float
+    momentum: float  # SGD's momentum; AdamW's beta1 (beta2 0.999)
     weight_decay: float  # on every trained parameter but those of norm layers (detectron2's default)
+    schedule: Literal["step", "cosine"]  # after the warm-up: gamma at each of `steps`, or cosine to 0 at iters
     warmup_iters: int  # linear warm-up from warmup_factor·lr to lr
     warmup_factor: float
-    steps: tuple[int, ...]  # iterations where lr is multiplied by gamma
+    steps: tuple[int, ...]  # iterations where lr is multiplied by gamma (schedule step)
     gamma: float
     min_sizes: tuple[int, ...]  # short side of a training frame, drawn uniformly
     max_size: int  # cap on the long side
@@ -103,15 +106,32 @@ class TrainParams:
         return self.lr * self.batch_size / self.base_batch
 
 
+def warmup_at(step: int, warmup_iters: int, warmup_factor: float) -> float:
+    """Factor of the linear warm-up at 0-based iteration `step`: warmup_factor at 0, rising to 1 at warmup_iters."""
+    if step >= warmup_iters:
+        return 1.0
+    alpha = step / warmup_iters
+    return warmup_factor * (1 - alpha) + alpha
+
+
 def lr_at(step: int, lr: float, warmup_iters: int, warmup_factor: float, steps: tuple[int, ...],
           gamma: float) -> float:
     """Learning rate of 0-based iteration `step`: linear warm-up from warmup_factor·lr over warmup_iters,
     times gamma for every milestone in `steps` already reached (detectron2's WarmupMultiStepLR)."""
-    warmup = 1.0
-    if step < warmup_iters:
-        alpha = step / warmup_iters
-        warmup = warmup_factor * (1 - alpha) + alpha
-    return lr * warmup * gamma ** bisect.bisect_right(steps, step)
+    return lr * warmup_at(step, warmup_iters, warmup_factor) * gamma ** bisect.bisect_right(steps, step)
+
+
+def cosine_lr_at(step: int, lr: float, warmup_iters: int, warmup_factor: float, iters: int) -> float:
+    """Learning rate of 0-based iteration `step`: the same linear warm-up, times the half cosine
+    (1 + cos(π · step / iters)) / 2 from 1 at step 0 to 0 at `iters` (detectron2's WarmupCosineLR)."""
+    return lr * warmup_at(step, warmup_iters, warmup_factor) * 0.5 * (1 + math.cos(math.pi * step / iters))
+
+
+def scheduled_lr(step: int, params: TrainParams) -> float:
+    """Learning rate of 0-based iteration `step` under the train section's schedule (peak: scaled_lr)."""
+    if params.schedule == "cosine":
+        return cosine_lr_at(step, params.scaled_lr, params.warmup_iters, params.warmup_factor, params.iters)
+    return lr_at(step, params.scaled_lr, params.warmup_iters, params.warmup_factor, params.steps, params.gamma)
 
 
 NORM_LAYERS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm, nn.GroupNorm, nn.LayerNorm,
@@ -129,6 +149,14 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
                 seen.add(id(param))
                 (no_decay if isinstance(module, NORM_LAYERS) else decay).append(param)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def make_optimizer(model: nn.Module, params: TrainParams) -> torch.optim.Optimizer:
+    """SGD with momentum or AdamW over `param_groups`, at the peak rate scaled_lr (the loop sets each step's)."""
+    groups = param_groups(model, params.weight_decay)
+    if params.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=params.scaled_lr, betas=(params.momentum, 0.999))
+    return torch.optim.SGD(groups, lr=params.scaled_lr, momentum=params.momentum)
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -265,8 +293,10 @@ def run_key(model_params: dict, params: TrainParams, inputs: dict) -> str:
     """12 hex digits naming a training trajectory: the model section, the train fields that change what any
     iteration computes, and the input identity (pipeline.identity.input_identity). Extending `iters` keeps
     the key (the run resumes); any other change starts fresh in its own checkpoint folder, so a Snakemake
-    rerun after a params or data change equals a fresh run."""
-    train = {k: v for k, v in dataclasses.asdict(params).items() if k not in TRAJECTORY_NEUTRAL}
+    rerun after a params or data change equals a fresh run. Under the cosine schedule `iters` sets every
+    iteration's rate, so there it is part of the key."""
+    neutral = [k for k in TRAJECTORY_NEUTRAL if not (k == "iters" and params.schedule == "cosine")]
+    train = {k: v for k, v in dataclasses.asdict(params).items() if k not in neutral}
     text = json.dumps({"model": model_params, "train": train, "inputs": inputs}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
@@ -337,7 +367,7 @@ def train(paths: RunPaths, model_params: dict, params: TrainParams, build_model:
     dataset_categories = FrameDataset.categories(paths.index)
     model, reads_flow, reads_flow_pairs = build_model(model_params, len(dataset_categories[0]))
     model.to(device)
-    optimizer = torch.optim.SGD(param_groups(model, params.weight_decay), lr=params.scaled_lr, momentum=params.momentum)
+    optimizer = make_optimizer(model, params)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
 
     # ---- resume: rank 0 reads the input identity and picks a checkpoint of the run key, every rank loads
@@ -405,7 +435,7 @@ def train(paths: RunPaths, model_params: dict, params: TrainParams, build_model:
         trim_metrics(metrics_path, start_step)
         writer = SummaryWriter(str(paths.out / "tb"), purge_step=start_step + 1)
 
-    # ---- the loop. `step` counts finished iterations; iteration `step` runs at lr_at(step) and passes
+    # ---- the loop. `step` counts finished iterations; iteration `step` runs at scheduled_lr(step) and passes
     # step + 1 to the network (its pairwise warm-up min(step / 10000, 1), as AdelaiDet's counter).
     step = start_step
     trained = 0  # iterations run by this call (the log reports them)
@@ -418,7 +448,7 @@ def train(paths: RunPaths, model_params: dict, params: TrainParams, build_model:
     while step < params.iters:
         batch = next(loader_iter).to(device)
         t_data = time.perf_counter() - t_last
-        lr = lr_at(step, params.scaled_lr, params.warmup_iters, params.warmup_factor, params.steps, params.gamma)
+        lr = scheduled_lr(step, params)
         for group in optimizer.param_groups:
             group["lr"] = lr
         with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):

@@ -11,7 +11,7 @@ import pytest
 import zarr
 
 from pipeline.affinity import AffinityParams, run_shard
-from pipeline.flow import DisParams, FlowParams, GmaParams, encode_video, store_attributes, write_video
+from pipeline.flow import DisParams, FlowParams, GmaParams, RaftParams, encode_video, store_attributes, write_video
 from pipeline.index import main as index_main
 from pipeline.shards import num_shards, videos_of_shard
 from pipeline.synthetic import SyntheticParams, video_name, write_dataset
@@ -30,7 +30,7 @@ def write_stores(root: Path, flow_dir: Path, affinity_dir: Path, shard_size: int
     ids = sorted(v["id"] for v in train["videos"])
     lengths = {v["id"]: len(v["file_names"]) for v in train["videos"]}
     params = FlowParams(estimator="dis", shard_size=shard_size, gma=GmaParams("weights/gma-sintel.pth", 12, "float32"),
-                        dis=DisParams("medium"))
+                        dis=DisParams("medium"), raft=RaftParams("small", "C_T_V2", 12))
     for shard in range(num_shards(len(ids), shard_size)):
         videos = videos_of_shard(ids, shard, shard_size)
         flow_store = flow_dir / f"shard_{shard}.zarr"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 from urllib.error import URLError
@@ -11,7 +12,7 @@ import torch
 import torchvision
 import yaml
 
-from model.backbone import IMAGENET_MEAN_255, ResNetBackbone, imagenet_cache_path
+from model.backbone import IMAGENET_MEAN_255, ResNetBackbone, imagenet_cache_path, narrow_resnet
 from model.batch import Batch
 from model.condinst import aligned_bilinear
 from model.fpn import FPN
@@ -23,10 +24,10 @@ H, W = 64, 96
 
 
 def _params(**changes) -> ModelParams:
-    base = dict(backbone="resnet18", weights=None, fpn_channels=16, mask_branch_channels=16, mask_channels=8,
-                mask_in_features=("p3", "p4", "p5"), head_convs=1, two_stream=True, motion_for_detection=True,
-                motion_for_mask=True, flow_in_pairwise=True, det_fusion="sum", mask_fusion="concat",
-                pairwise_warmup=10)
+    base = dict(backbone="resnet18", weights=None, backbone_width=64, fpn_channels=16, mask_branch_channels=16,
+                mask_channels=8, mask_in_features=("p3", "p4", "p5"), head_convs=1, two_stream=True,
+                motion_for_detection=True, motion_for_mask=True, flow_in_pairwise=True, det_fusion="sum",
+                mask_fusion="concat", pairwise_warmup=10)
     base.update(changes)
     return ModelParams(**base)
 
@@ -94,6 +95,35 @@ def test_backbone_from_scratch_trains_everything_with_group_norm():
     assert not any("BatchNorm" in type(m).__name__ for m in bb.modules())
 
 
+def test_narrow_backbone_is_torchvision_layout_scaled_by_width():
+    """narrow_resnet at width 64 has torchvision's parameter names and shapes (resnet18 and resnet50); at
+    width 32 every conv has half the input and output channels, and GroupNorm half the groups (16), so
+    each layer keeps the channels per group of width 64."""
+    for depth, builder in (("resnet18", torchvision.models.resnet18), ("resnet50", torchvision.models.resnet50)):
+        norm = functools.partial(torch.nn.GroupNorm, 32)
+        reference = {k: v.shape for k, v in builder(weights=None, norm_layer=norm).state_dict().items()
+                     if not k.startswith("fc.")}
+        assert {k: v.shape for k, v in narrow_resnet(depth, 64, norm).state_dict().items()} == reference
+        half = narrow_resnet(depth, 32, functools.partial(torch.nn.GroupNorm, 16)).state_dict()
+        assert set(half) == set(reference)
+        for key, shape in reference.items():
+            if key.endswith("conv1.weight") and key.count(".") == 1:  # the stem reads RGB
+                assert half[key].shape == (shape[0] // 2, 3, *shape[2:])
+            elif len(shape) == 4:
+                assert half[key].shape == (shape[0] // 2, shape[1] // 2, *shape[2:]), key
+    bb = ResNetBackbone("resnet18", None, width=32)
+    assert bb.out_channels == (64, 128, 256)
+    c3, c4, c5 = bb(torch.zeros(1, 3, 64, 96))
+    assert [tuple(c.shape) for c in (c3, c4, c5)] == [(1, 64, 8, 12), (1, 128, 4, 6), (1, 256, 2, 3)]
+    norms = [m for m in bb.modules() if isinstance(m, torch.nn.GroupNorm)]
+    assert len(norms) == 1 + 2 * 4 * 2 + 3 and all(m.num_groups == 16 for m in norms)
+    with pytest.raises(ValueError, match="model.backbone_width: pretrained"):
+        _params(weights="imagenet", backbone_width=32)
+    for odd in (33, 0, 128):
+        with pytest.raises(ValueError, match="model.backbone_width: expected"):
+            _params(backbone_width=odd)
+
+
 def test_backbone_local_weights_roundtrip_and_key_errors(tmp_path):
     good = _torchvision_resnet18_file(tmp_path)
     state = torch.load(good, weights_only=True)
@@ -152,6 +182,11 @@ def test_config_model_section_builds_params():
     params = params_from_json(ModelParams, json.dumps(cfg["model"]), "config.yaml model")
     assert set(cfg["model"]) == set(ModelParams.field_names())
     assert isinstance(params.mask_in_features, tuple)
+    # the paper's config on top of the default: every experiment's model (ImageNet weights) is a valid one
+    paper = yaml.safe_load((ROOT / "config/ytvis2019.yaml").read_text())
+    for name, exp in paper["experiments"].items():
+        model = {**cfg["model"], **paper["model"], **exp["model"]}
+        assert params_from_json(ModelParams, json.dumps(model), name).backbone_width == 64
 
 
 def test_params_reject_bad_values():

@@ -12,8 +12,8 @@ import yaml
 from torch import nn
 
 from model.launch import launch_command
-from model.train import (TrainParams, differing_fields, find_resume, load_checkpoint, lr_at, param_groups,
-                         run_key, save_checkpoint, trim_metrics)
+from model.train import (TrainParams, cosine_lr_at, differing_fields, find_resume, load_checkpoint, lr_at,
+                         make_optimizer, param_groups, run_key, save_checkpoint, scheduled_lr, trim_metrics)
 from pipeline.io import params_from_json
 
 PAPER = dict(lr=0.01, warmup_iters=1000, warmup_factor=0.001, steps=(60000, 80000), gamma=0.1)
@@ -39,6 +39,53 @@ def test_lr_at_without_warmup_and_milestone_inside_warmup() -> None:
     """warmup_iters 0 means full lr at step 0; a milestone during warm-up multiplies the warm-up value."""
     assert lr_at(0, 0.02, 0, 0.5, (), 0.1) == 0.02
     assert lr_at(2, 1.0, 4, 0.2, (1,), 0.5) == pytest.approx((0.2 * 0.5 + 0.5) * 0.5)
+
+
+@pytest.mark.parametrize("step, expected", [
+    (0, 0.004 * 0.001),                                            # warm-up from warmup_factor · lr, cosine 1
+    (50, 0.004 * (0.001 * 0.5 + 0.5) * (2 + 2 ** 0.5 * (1 + 3 ** 0.5) / 2) / 4),  # cos(π/24) = (√6 + √2) / 4
+    (200, 0.004 * 0.75),                                           # cos(π/3) = 1/2: (1 + 1/2) / 2
+    (300, 0.004 * 0.5),                                            # half-way: cos(π/2) = 0
+    (400, 0.004 * 0.25),                                           # cos(2π/3) = −1/2
+    (600, 0.0),                                                    # the end: cos(π) = −1
+])
+def test_cosine_lr_hand_values(step: int, expected: float) -> None:
+    """Warm-up 100 iterations from 0.001 · lr, then the half cosine to 0 at iteration 600, by hand."""
+    assert cosine_lr_at(step, 0.004, 100, 0.001, 600) == pytest.approx(expected, rel=1e-12, abs=1e-18)
+
+
+def test_scheduled_lr_follows_the_configured_schedule() -> None:
+    """schedule step gives lr_at's milestones, cosine the half cosine over `iters`, both at scaled_lr."""
+    raw = json.loads(Path(__file__).with_name("tiny_train.json").read_text())  # lr 0.01, batch 2, base 2
+    step_params = params_from_json(TrainParams, json.dumps({**raw, "iters": 8, "steps": [4]}), "train")
+    cosine = params_from_json(TrainParams, json.dumps({**raw, "iters": 8, "schedule": "cosine"}), "train")
+    assert [scheduled_lr(s, step_params) for s in (2, 3, 4)] == pytest.approx([0.01, 0.01, 0.001])
+    assert [scheduled_lr(s, cosine) for s in (2, 4, 6)] == pytest.approx(
+        [0.01 * (2 + 2 ** 0.5) / 4, 0.005, 0.01 * (2 - 2 ** 0.5) / 4])  # cos(π/4) = √2/2
+    with pytest.raises(ValueError, match="train.schedule"):
+        params_from_json(TrainParams, json.dumps({**raw, "schedule": "poly"}), "train")
+
+
+def test_make_optimizer_sgd_and_adamw() -> None:
+    """sgd: SGD with the momentum; adamw: AdamW with betas (momentum, 0.999); both at scaled_lr over
+    param_groups' two groups (decay on everything but norm layers, the bias too). One AdamW step matches the update by hand."""
+    raw = json.loads(Path(__file__).with_name("tiny_train.json").read_text())
+    model = nn.Linear(3, 1)
+    sgd = make_optimizer(model, params_from_json(TrainParams, json.dumps(raw), "train"))
+    assert type(sgd) is torch.optim.SGD and sgd.defaults["momentum"] == 0.9 and sgd.defaults["lr"] == 0.01
+    params = params_from_json(TrainParams, json.dumps({**raw, "optimizer": "adamw", "weight_decay": 0.1}), "train")
+    adamw = make_optimizer(model, params)
+    assert type(adamw) is torch.optim.AdamW and adamw.defaults["betas"] == (0.9, 0.999)
+    assert [g["weight_decay"] for g in adamw.param_groups] == [0.1, 0.0]
+    w0, b0 = model.weight.detach().clone(), model.bias.detach().clone()
+    model(torch.ones(1, 3)).sum().backward()  # gradient 1 for every weight and the bias
+    adamw.step()
+    # first Adam step: m̂ = g, v̂ = g², so the step is lr · g / (|g| + eps) = lr; decoupled decay lr · wd · w
+    lr, eps = 0.01, 1e-8
+    assert torch.allclose(model.weight, w0 * (1 - lr * 0.1) - lr / (1 + eps), atol=1e-7)
+    assert torch.allclose(model.bias, b0 * (1 - lr * 0.1) - lr / (1 + eps), atol=1e-7)
+    with pytest.raises(ValueError, match="train.optimizer"):
+        params_from_json(TrainParams, json.dumps({**raw, "optimizer": "adam"}), "train")
 
 
 def test_linear_scaling_of_lr() -> None:
@@ -163,6 +210,11 @@ def test_run_key_keeps_extended_runs_and_separates_changed_ones() -> None:
     assert run_key({"backbone": "resnet18"}, params(), other) != key
     assert run_key({"backbone": "resnet18"}, params(iters=600), other) == run_key({"backbone": "resnet18"},
                                                                                  params(), other)
+    # cosine: iters sets every iteration's rate (cosine_lr_at differs at step 1), so it is part of the key
+    assert cosine_lr_at(1, 0.01, 0, 0.1, 6) != cosine_lr_at(1, 0.01, 0, 0.1, 600)
+    cosine = run_key({"backbone": "resnet18"}, params(schedule="cosine"), inputs)
+    assert cosine != key and run_key({"backbone": "resnet18"}, params(schedule="cosine", iters=600), inputs) != cosine
+    assert run_key({"backbone": "resnet18"}, params(schedule="cosine", checkpoint_every=7), inputs) == cosine
 
 
 def test_ytvis2019_config_is_the_papers_setting() -> None:

@@ -111,7 +111,7 @@ def test_run_chooses_and_orders_the_experiments(tmp_path: Path) -> None:
     ('experiments={"ours": {"model": {"det_fusion": "mean"}}}', "experiments.ours.model.det_fusion: 'mean' is not one of"),
     ('experiments={"ours": {"model": {"backbon": "resnet50"}}}', "experiments.ours.model: unknown keys ['backbon']"),
     ('train={"lr": NaN}', "train.lr: nan is not a finite number"),
-    ('train={"iters": 10}', "train.steps: [1100, 1350] reach train.iters (10)"),
+    ('train={"iters": 10, "steps": [4, 20]}', "train.steps: [4, 20] reach train.iters (10)"),
     ('dataset={"root": false}', "dataset.root: False is not of type 'string', 'null'"),
 ])
 def test_bad_values_are_refused_naming_the_field(tmp_path: Path, entry: str, message: str) -> None:

@@ -20,7 +20,7 @@ flow:
   estimator: dis
   shard_size: 4
 model: {fpn_channels: 16, mask_branch_channels: 16, head_convs: 1, pairwise_warmup: 2}
-train: {iters: 4, batch_size: 2, base_batch: 2, warmup_iters: 1, steps: [3], min_sizes: [64], max_size: 96,
+train: {iters: 4, batch_size: 2, base_batch: 2, warmup_iters: 1, schedule: step, steps: [3], min_sizes: [64], max_size: 96,
         checkpoint_every: 2}
 evaluate: {min_size: 64, max_size: 96, subsets: {resamples: 50}}
 """

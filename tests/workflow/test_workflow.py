@@ -45,6 +45,15 @@ def test_exponent_without_dot_is_a_number(tmp_path: Path) -> None:
     assert run.returncode == 0, run.stdout + run.stderr
 
 
+def test_dry_run_of_the_long_synthetic_config(tmp_path: Path) -> None:
+    """config/synthetic_long.yaml on top of the default passes the schema and trains each experiment for its
+    10000 iterations (the train jobs' params), everything else as the default."""
+    run = snakemake(tmp_path, "-n", "-p", "--configfile", str(REPO / "config/synthetic_long.yaml"))
+    assert run.returncode == 0, run.stdout + run.stderr
+    train_commands = [line for line in run.stdout.splitlines() if "-m model.launch" in line]
+    assert len(train_commands) == 2 and all('"iters": 10000' in line for line in train_commands), train_commands
+
+
 def test_dry_run_of_the_paper_config(tmp_path: Path, make_ytvis: Callable[..., Path]) -> None:
     """config/ytvis2019.yaml on a YouTube-VIS folder: GMA flow with its checkpoint fetched first, one flow and
     affinity job per 64 videos, one train and evaluate job per experiment of the paper's tables, the tables."""
