@@ -1,8 +1,10 @@
 """The real one-node SLURM cluster of the `slurm` tests: started once per session by start_cluster.sh, stopped by
-stop_cluster.sh. Where it cannot start (not root, no apt-get, ...) every `slurm` test is skipped with the reason."""
+stop_cluster.sh. Where it cannot start (not root, no apt-get, ...) every `slurm` test is skipped with the reason,
+or fails with it when MOWIS_REQUIRE_SLURM=1 (CI: .ci/run)."""
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -34,7 +36,10 @@ def slurm_cluster() -> Iterator[Cluster]:
     state = Path(tempfile.mkdtemp(prefix="mowis-slurm-"))
     start = subprocess.run([HERE / "start_cluster.sh", state], capture_output=True, text=True, timeout=900)
     if start.returncode == 2:
-        pytest.skip(start.stderr.strip().splitlines()[-1])
+        reason = start.stderr.strip().splitlines()[-1]
+        if os.environ.get("MOWIS_REQUIRE_SLURM") == "1":
+            pytest.fail(f"MOWIS_REQUIRE_SLURM=1 but {reason}")
+        pytest.skip(reason)
     assert start.returncode == 0, f"start_cluster.sh failed:\n{start.stdout}\n{start.stderr}"
     try:
         node = subprocess.run(["scontrol", "show", "node", "-o"], capture_output=True, text=True, check=True).stdout

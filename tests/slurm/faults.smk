@@ -2,7 +2,8 @@
 # workflow/profiles/slurm: a job that finishes, jobs that wait (to be cancelled or interrupted), one that
 # outlives its time limit and one that outgrows its memory.
 
-HOLD = int(config.get("hold", 0))  # seconds a `wait` job sleeps before it writes its output
+# seconds a `wait` job sleeps before it writes its output
+HOLD = int(config.get("hold", 0))
 
 
 rule quick:

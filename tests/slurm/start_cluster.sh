@@ -86,8 +86,10 @@ MinJobAge=300
 KillWait=5
 ReturnToService=2
 $node State=UNKNOWN
-PartitionName=cpu Nodes=$host Default=YES MaxTime=INFINITE State=UP
-PartitionName=gpu Nodes=$host MaxTime=INFINITE State=UP
+# Two jobs may share a core (the tests' tiny jobs mostly wait on Python imports); each job's record keeps the
+# CPUs it asked for.
+PartitionName=cpu Nodes=$host Default=YES MaxTime=INFINITE State=UP OverSubscribe=FORCE:2
+PartitionName=gpu Nodes=$host MaxTime=INFINITE State=UP OverSubscribe=FORCE:2
 CONF
 
 mkdir -p /etc/slurm

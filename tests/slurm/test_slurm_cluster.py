@@ -16,6 +16,7 @@ import subprocess
 import threading
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -43,7 +44,8 @@ def readme_cluster_section() -> tuple[dict[str, str], list[str]]:
         words = shlex.split(line, comments=True)
         env.update(word.split("=", 1) for word in words)
     command = next(line for line in section.splitlines() if line.startswith("snakemake --profile"))
-    return env, [str(PROFILE) if word == "workflow/profiles/slurm" else word for word in shlex.split(command, comments=True)]
+    words = shlex.split(command, comments=True)
+    return env, [str(PROFILE) if word == "workflow/profiles/slurm" else word for word in words]
 
 
 def profile_env(**extra: str) -> dict[str, str]:
@@ -106,13 +108,15 @@ def expected_requests(env: dict[str, str]) -> dict[str, tuple[str, int, int, int
     cpu, gpu = env["MOWIS_SLURM_CPU_PARTITION"], env["MOWIS_SLURM_GPU_PARTITION"]
     max_cpus, max_mem = int(env["MOWIS_SLURM_MAX_CPUS"]), int(env["MOWIS_SLURM_MAX_MEM_MB"])
     asked = {"synthetic": (cpu, 1, 30, 4000), "split": (cpu, 1, 30, 8000), "flow": (cpu, 8, 240, 32000),
-             "affinity": (cpu, 4, 120, 16000), "frame_index": (cpu, 2, 60, 16000),
-             "train": (gpu, 32, 1440, 200000), "evaluate": (gpu, 8, 120, 32000), "tables": (cpu, 1, 30, 4000)}
+             "flow_quality": (cpu, 8, 60, 16000), "affinity": (cpu, 4, 120, 16000),
+             "frame_index": (cpu, 2, 60, 16000), "train": (gpu, 32, 1440, 200000), "evaluate": (gpu, 8, 120, 32000),
+             "tables": (cpu, 1, 30, 4000)}
     return {rule: (part, min(cpus, max_cpus), runtime, min(mem, max_mem))
             for rule, (part, cpus, runtime, mem) in asked.items()}
 
 
-def profile_run(workdir: Path, argv: list[str], env: dict[str, str], timeout: int = 600) -> subprocess.CompletedProcess:
+def profile_run(workdir: Path, argv: list[str], env: dict[str, str],
+                timeout: int = 1200) -> subprocess.CompletedProcess:
     """`snakemake <argv>` (argv[0] == "snakemake") on the repository's Snakefile, run in `workdir`."""
     assert argv[0] == "snakemake"
     return smk.snakemake(workdir, *argv[1:], *FAST, env=env, timeout=timeout)
@@ -124,18 +128,17 @@ def test_tiny_workflow_through_the_profile(slurm_cluster: Cluster, tmp_path: Pat
     env = profile_env()
     _, command = readme_cluster_section()
     (tmp_path / "my.yaml").write_text(TINY)
-    argv = [*command, "results/tables"]
+    argv = [command[0], "results/tables", "results/flow/quality.json", *command[1:]]  # targets before --configfile
     with job_records() as records:
         run = profile_run(tmp_path, argv, env)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-5000:]
     assert "localrule" not in run.stderr  # nothing ran on the login node
     jobs = list(records.values())
-    per_rule: dict[str, int] = {}
-    for job in jobs:
-        per_rule[rule_of(job)] = per_rule.get(rule_of(job), 0) + 1
-    # TINY: 8 videos in flow shards of 4; two frame indices (train_train, train_val); two experiments
-    assert per_rule == {"synthetic": 1, "split": 1, "flow": 2, "affinity": 2, "frame_index": 2, "train": 2,
-                        "evaluate": 2, "tables": 1}, per_rule
+    per_rule = Counter(rule_of(job) for job in jobs)
+    # TINY: 8 videos in flow shards of 4; two frame indices (train_train, train_val); two experiments; the
+    # synthetic data's flow quality
+    assert per_rule == {"synthetic": 1, "split": 1, "flow": 2, "flow_quality": 1, "affinity": 2, "frame_index": 2,
+                        "train": 2, "evaluate": 2, "tables": 1}, per_rule
     expected = expected_requests(env)
     for job in jobs:
         partition, cpus, runtime, mem = expected[rule_of(job)]
