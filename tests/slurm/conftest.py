@@ -35,6 +35,8 @@ def slurm_cluster() -> Iterator[Cluster]:
     Its state folder is in /tmp, not in pytest's private tmp_path: munged runs as the munge user."""
     state = Path(tempfile.mkdtemp(prefix="mowis-slurm-"))
     start = subprocess.run([HERE / "start_cluster.sh", state], capture_output=True, text=True, timeout=900)
+    if start.returncode != 0:
+        shutil.rmtree(state, ignore_errors=True)
     if start.returncode == 2:
         reason = start.stderr.strip().splitlines()[-1]
         if os.environ.get("MOWIS_REQUIRE_SLURM") == "1":

@@ -63,16 +63,20 @@ def scontrol_jobs() -> dict[str, dict[str, str]]:
 @contextmanager
 def job_records() -> Iterator[dict[str, dict[str, str]]]:
     """Poll `scontrol show job -o` every 0.5 s in a thread while the block runs: the newest record of every job
-    seen (slurmctld keeps a finished job for MinJobAge = 300 s, so none is missed)."""
+    submitted meanwhile (slurmctld keeps a finished job for MinJobAge = 300 s, so none is missed). Read it
+    through list(...values()) while the block runs: the thread updates it."""
     seen: dict[str, dict[str, str]] = {}
+    before = set(scontrol_jobs())
     stop = threading.Event()
 
     def poll() -> None:
-        while not stop.is_set():
-            seen.update(scontrol_jobs())
+        """Add the new jobs' records to `seen` until stopped, and once more after."""
+        while True:
+            seen.update({job_id: record for job_id, record in scontrol_jobs().items() if job_id not in before})
+            if stop.is_set():
+                return
             stop.wait(0.5)
 
-    before = set(scontrol_jobs())
     thread = threading.Thread(target=poll, daemon=True)
     thread.start()
     try:
@@ -80,9 +84,6 @@ def job_records() -> Iterator[dict[str, dict[str, str]]]:
     finally:
         stop.set()
         thread.join()
-        seen.update(scontrol_jobs())
-        for job_id in before:
-            seen.pop(job_id, None)
 
 
 def megabytes(memory: str) -> int:
@@ -174,7 +175,7 @@ def wait_for(condition: Callable[[], object], timeout: float, what: str, records
     deadline = time.monotonic() + timeout
     while not condition():
         assert time.monotonic() < deadline, f"timed out waiting for {what}; jobs: " + "; ".join(
-            f"{rule_of(job)} {job['JobState']} {job['Reason']}" for job in records.values())
+            f"{rule_of(job)} {job['JobState']} {job['Reason']}" for job in list(records.values()))
         time.sleep(0.5)
 
 
@@ -208,7 +209,7 @@ def test_cancelled_overtime_and_greedy_jobs_fail_by_name(slurm_cluster: Cluster,
     argv = faults_command("--set-resources", "overtime:runtime=1", "greedy:mem_mb=400", "--config", "hold=600",
                           "--", "quick.txt", "wait/a.txt", "overtime.txt", "greedy.txt")
     with job_records() as records, started(argv, tmp_path, env) as run:
-        waiting = lambda: [j for j in records.values() if rule_of(j) == "wait" and j["JobState"] == "RUNNING"]
+        waiting = lambda: [j for j in list(records.values()) if rule_of(j) == "wait" and j["JobState"] == "RUNNING"]
         wait_for(waiting, 120, "the wait job to run", records)
         subprocess.run(["scancel", waiting()[0]["JobId"]], check=True)
         _, stderr = run.communicate(timeout=300)
@@ -249,7 +250,7 @@ def test_ctrl_c_cancels_queued_and_running_jobs(slurm_cluster: Cluster, tmp_path
     mem = slurm_cluster.memory_mb * 6 // 10  # one at a time
     argv = faults_command("--config", "hold=600", f"wait_mem_mb={mem}", "--", "wait/a.txt", "wait/b.txt", "wait/c.txt")
     with job_records() as records, started(argv, tmp_path, env) as run:
-        states = lambda: sorted(j["JobState"] for j in records.values())
+        states = lambda: sorted(j["JobState"] for j in list(records.values()))
         wait_for(lambda: states() == ["PENDING", "PENDING", "RUNNING"] and submitted(tmp_path) == 3, 120,
                  "one running and two pending jobs, all three known to Snakemake", records)
         run.send_signal(signal.SIGINT)
