@@ -8,25 +8,13 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 import tempfile
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent / "workflow"))  # smk: running snakemake from tests
-
-
-@dataclass(frozen=True)
-class Cluster:
-    """A running test cluster: its state folder and its one node's CPUs and memory (MB)."""
-
-    state: Path
-    cpus: int
-    memory_mb: int
+from local_slurm import HERE, Cluster
 
 
 @pytest.fixture(scope="session")

@@ -13,8 +13,8 @@ import re
 import shlex
 import signal
 import subprocess
-import threading
 import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -23,8 +23,8 @@ from pathlib import Path
 
 import pytest
 
+from local_slurm import HERE, Cluster  # first: puts smk on the path
 import smk
-from conftest import HERE, Cluster
 from smk import REPO, TINY
 
 pytestmark = pytest.mark.slurm
