@@ -8,11 +8,18 @@ Launch (the `train` rule does this; `python -m model.launch` picks the process c
 One process without torchrun also works (CPU or one GPU). NCCL on GPUs, gloo on CPUs.
 
 `results/train/<exp>/` holds `checkpoints/<run key>/ckpt_<step>.pt` (+ `.sha256`) and `.../last` (the newest
-complete one; the run key hashes the params that shape the trajectory, see `run_key`), `metrics.jsonl`, TensorBoard events under `tb/`, and `final.pt` at the end: a dict with
+complete one), `metrics.jsonl`, TensorBoard events under `tb/`, and `final.pt` at the end: a dict with
 `model` (state dict of TwoStreamCondInst), `model_params` (the model section with the experiment's overrides),
-`train_params`, `step`, `num_classes`, `category_ids` (class c is category id category_ids[c]) and
-`category_names`; load it with torch.load(..., weights_only=True). A rerun resumes from
-the newest checkpoint that loads and matches its checksum, so a Snakemake rerun after a crash continues.
+`train_params`, `inputs` (the input identity, below), `step`, `num_classes`, `category_ids` (class c is
+category id category_ids[c]) and `category_names`; load it with torch.load(..., weights_only=True).
+
+Resume: the run key (`run_key`) hashes the model section, the train fields that change what an iteration
+computes (not `iters`), and the identity of the inputs: the attributes of the frame index and of every flow
+and affinity store it names, each holding the params it was made with and a digest of its content
+(pipeline.identity). A run resumes from the newest checkpoint of its key that loads and matches its
+checksum, so a rerun after a crash, or with more `iters`, continues; after an edit of the data, the split,
+the flow or the affinities (or of any other trajectory field) it trains from step 0 in a new key folder.
+The log says which: "training from step 0" or "resumed from <checkpoint> at step N".
 """
 
 from __future__ import annotations
@@ -41,6 +48,7 @@ from torch.utils.data import DataLoader
 
 from model.data import FrameDataset, IterationBatchSampler, collate, worker_init
 from pipeline.field_types import check_field_types
+from pipeline.identity import DIGEST_ATTR, input_identity
 from pipeline.io import params_from_json, setup_logging, write_bytes_atomic
 from pipeline.progress import LOG_INTERVAL, progress_bar
 
@@ -173,8 +181,14 @@ def load_checkpoint(path: Path) -> dict:
         raise ValueError(f"{path}: cannot be loaded ({type(e).__name__}: {e})") from e
 
 
-def find_resume(ckpt_dir: Path) -> tuple[Path, dict] | None:
-    """The newest checkpoint that verifies and loads: `last` first, then the others newest first."""
+def checkpoint_step(path: Path) -> int:
+    """The step in a checkpoint's file name (ckpt_<step>.pt)."""
+    return int(path.stem.removeprefix(CHECKPOINT_PREFIX))
+
+
+def find_resume(ckpt_dir: Path, max_step: int | None = None) -> tuple[Path, dict] | None:
+    """The newest checkpoint that verifies and loads: `last` first, then the others newest first; with
+    `max_step` (train.iters), only checkpoints of steps up to it (a run shortened after a longer one)."""
     if not ckpt_dir.is_dir():
         return None
     candidates = list_checkpoints(ckpt_dir)
@@ -182,6 +196,11 @@ def find_resume(ckpt_dir: Path) -> tuple[Path, dict] | None:
     if pointer.exists():
         named = ckpt_dir / pointer.read_text().strip()
         candidates = [named] + [c for c in candidates if c != named]
+    if max_step is not None:
+        later = [c.name for c in candidates if checkpoint_step(c) > max_step]
+        if later:
+            log.info("%s: not resuming %s, past step %d", ckpt_dir, ", ".join(later), max_step)
+        candidates = [c for c in candidates if checkpoint_step(c) <= max_step]
     for path in candidates:
         if not path.exists():
             log.warning("%s: named by %s but missing; trying older checkpoints", path, pointer)
@@ -234,12 +253,13 @@ def parameter_digest(model: nn.Module) -> str:
 TRAJECTORY_NEUTRAL = ("iters", "checkpoint_every", "max_bad_steps")  # fields that do not change iterations
 
 
-def run_key(model_params: dict, params: TrainParams) -> str:
-    """12 hex digits naming a training trajectory: the model section and the train fields that change what
-    any iteration computes. Extending `iters` keeps the key (the run resumes); any other change starts fresh
-    in its own checkpoint folder, so a Snakemake rerun after a params change equals a fresh run."""
+def run_key(model_params: dict, params: TrainParams, inputs: dict) -> str:
+    """12 hex digits naming a training trajectory: the model section, the train fields that change what any
+    iteration computes, and the input identity (pipeline.identity.input_identity). Extending `iters` keeps
+    the key (the run resumes); any other change starts fresh in its own checkpoint folder, so a Snakemake
+    rerun after a params or data change equals a fresh run."""
     train = {k: v for k, v in dataclasses.asdict(params).items() if k not in TRAJECTORY_NEUTRAL}
-    text = json.dumps({"model": model_params, "train": train}, sort_keys=True)
+    text = json.dumps({"model": model_params, "train": train, "inputs": inputs}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
@@ -299,7 +319,6 @@ def train(paths: RunPaths, model_params: dict, params: TrainParams, build_model:
         raise ValueError(f"train.batch_size {params.batch_size} is not divisible by {world_size} processes")
     torch.manual_seed(params.seed)
     amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(params.amp) if use_cuda else None
-    ckpt_dir = paths.out / "checkpoints" / run_key(model_params, params)
     if master:
         paths.out.mkdir(parents=True, exist_ok=True)
         log.info("rank 0 of %d on %s; global batch %d (%d per process), lr %.4g, amp %s",
@@ -313,19 +332,29 @@ def train(paths: RunPaths, model_params: dict, params: TrainParams, build_model:
     optimizer = torch.optim.SGD(param_groups(model, params.weight_decay), lr=params.scaled_lr, momentum=params.momentum)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
 
-    # ---- resume: rank 0 picks the checkpoint, every rank loads the same file.
-    choice = [None]
+    # ---- resume: rank 0 reads the input identity and picks a checkpoint of the run key, every rank loads
+    # the same file.
+    choice = [None, None, None]  # input identity, checkpoint folder of the run key, checkpoint to resume from
     if master:
-        found = find_resume(ckpt_dir)
-        choice = [str(found[0]) if found else None]
+        inputs = input_identity(paths.index, paths.flow, paths.affinity)
+        log.info("inputs: %s", ", ".join(f"{name} {attrs[DIGEST_ATTR][:12]}" for name, attrs in inputs.items()))
+        ckpt_dir = paths.out / "checkpoints" / run_key(model_params, params, inputs)
+        found = find_resume(ckpt_dir, params.iters)
+        choice = [inputs, str(ckpt_dir), str(found[0]) if found else None]
     if ddp:
         dist.broadcast_object_list(choice, src=0)
+    inputs, ckpt_dir, resume_from = choice[0], Path(choice[1]), choice[2]
     start_step = 0
-    if choice[0] is not None:
-        state = load_checkpoint(Path(choice[0]))
+    if resume_from is None and master:
+        others = sorted(p.name for p in ckpt_dir.parent.glob("*") if p.is_dir() and p != ckpt_dir)
+        log.info("training from step 0 to %d: no checkpoint of run %s in %s%s", params.iters, ckpt_dir.name,
+                 ckpt_dir.parent, f" (runs {', '.join(others)} are not resumed: made with other model or train "
+                                  f"params or other inputs)" if others else "")
+    if resume_from is not None:
+        state = load_checkpoint(Path(resume_from))
         changed = differing_fields(state["model_params"], model_params)
         if changed:
-            raise ValueError(f"{choice[0]}: the checkpoint was trained with a different model section "
+            raise ValueError(f"{resume_from}: the checkpoint was trained with a different model section "
                              f"({'; '.join(changed[:10])}); delete {ckpt_dir} to train this model from scratch")
         for line in differing_fields(state["train_params"], dataclasses.asdict(params)):
             log.warning("resuming with a changed train section: %s", line)
@@ -340,7 +369,9 @@ def train(paths: RunPaths, model_params: dict, params: TrainParams, build_model:
             log.warning("checkpoint has RNG states of %d processes, this run has %d; RNG not restored",
                         len(rng_per_rank), world_size)
         if master:
-            log.info("resumed from %s at step %d", choice[0], start_step)
+            log.info("resumed from %s at step %d; %s", resume_from, start_step,
+                     f"training steps {start_step + 1} to {params.iters}" if start_step < params.iters
+                     else "no steps left to train")
     if ddp and use_cuda and world_size > 1:
         # BatchNorm that trains (the mask branches) sees the global batch, so N GPUs match one GPU with the
         # same global batch. torch's SyncBatchNorm runs on GPUs only; CPU processes keep per-rank statistics.
@@ -369,6 +400,7 @@ def train(paths: RunPaths, model_params: dict, params: TrainParams, build_model:
     # ---- the loop. `step` counts finished iterations; iteration `step` runs at lr_at(step) and passes
     # step + 1 to the network (its pairwise warm-up min(step / 10000, 1), as AdelaiDet's counter).
     step = start_step
+    trained = 0  # iterations run by this call (the log reports them)
     bad_in_row = 0
     progress = progress_bar(params.iters, "train", every=paths.log_every, initial=start_step, disable=not master,
                             interval=paths.log_interval)
@@ -421,6 +453,7 @@ def train(paths: RunPaths, model_params: dict, params: TrainParams, build_model:
             scaler.update()
             optimizer.zero_grad(set_to_none=True)
         step += 1
+        trained += 1
         t_now = time.perf_counter()
         record.update(data_s=t_data, step_s=t_now - t_last)
         t_last = t_now
@@ -448,7 +481,7 @@ def train(paths: RunPaths, model_params: dict, params: TrainParams, build_model:
             if master:
                 state = {"model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
                          "scaler": scaler.state_dict(), "step": step, "model_params": model_params,
-                         "train_params": dataclasses.asdict(params), "rng": [r for r, _ in per_rank],
+                         "train_params": dataclasses.asdict(params), "inputs": inputs, "rng": [r for r, _ in per_rank],
                          "param_digests": digests}
                 path = save_checkpoint(ckpt_dir, state, step, paths.keep_checkpoints)
                 log.info("step %d: saved %s", step, path)
@@ -461,11 +494,12 @@ def train(paths: RunPaths, model_params: dict, params: TrainParams, build_model:
         categories = dataset_categories
         buffer = io.BytesIO()
         torch.save({"model": unwrap(model).state_dict(), "model_params": model_params,
-                    "train_params": dataclasses.asdict(params), "step": step, "num_classes": len(categories[0]),
+                    "train_params": dataclasses.asdict(params), "inputs": inputs, "step": step,
+                    "num_classes": len(categories[0]),
                     "category_ids": categories[0], "category_names": categories[1]}, buffer)
         write_bytes_atomic(final, buffer.getvalue())
         writer.close()
-        log.info("wrote %s after %d steps", final, step)
+        log.info("wrote %s after %d steps, %d of them trained in this run", final, step, trained)
     if ddp:
         dist.barrier()
         dist.destroy_process_group()

@@ -37,6 +37,7 @@ from tqdm import tqdm
 from zarr.codecs import ZstdCodec
 
 from pipeline.flow import FlowParams, open_flow_store, remove_stale_temps
+from pipeline.identity import DIGEST_ATTR, store_digest
 from pipeline.io import atomic_dir, params_from_json, setup_logging, write_json_atomic
 from pipeline.shards import videos_of_shard
 from pipeline.ytvis import Video, YtvisDataset, load_ytvis, read_frame
@@ -353,7 +354,8 @@ def write_video(group: zarr.Group, video_id: int, color: np.ndarray, flow: np.nd
 
 def run_shard(root: Path, annotations: Path, shard: int, flow_store: Path, params: AffinityParams,
               out: Path) -> dict:
-    """Compute and write the affinity store of one shard (atomically); returns the summary for the JSON log."""
+    """Compute and write the affinity store of one shard (atomically), its content digest among the attributes
+    (pipeline.identity.DIGEST_ATTR); returns the summary for the JSON log."""
     started = time.perf_counter()
     dataset = load_ytvis(root, annotations, check_files=False)
     flow_group, flow_attrs, videos = open_shard_flow(flow_store, dataset, shard)
@@ -372,6 +374,7 @@ def run_shard(root: Path, annotations: Path, shard: int, flow_store: Path, param
             set_bits["color"] += int(_BITS_SET[color].sum())
             set_bits["flow"] += int(_BITS_SET[flow].sum())
             cells += color.size
+        group.attrs.update({DIGEST_ATTR: store_digest(tmp)})
     seconds = time.perf_counter() - started
     frames = sum(v.length for v in videos)
     return {"shard": shard, "out": str(out), "videos": len(videos), "frames": frames, "seconds": round(seconds, 3),

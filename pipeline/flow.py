@@ -7,8 +7,9 @@ method's rules for the last frame (-F(t -> t-1)) and one-frame videos (zeros).
 
 Store, one per shard (docs/design.md "Stores"): a Zarr v3 group with one uint8 array (T, H, W, 3) per
 video named str(video_id), chunk one frame, Zstd; group attributes `estimator`, `params` (the flow
-section), `checkpoint_sha256`, `iters`, `dtype`, `videos`, `encoding`. It is written into a temporary
-folder and renamed when complete; `open_flow_store` refuses a store made with other settings.
+section), `checkpoint_sha256`, `iters`, `dtype`, `videos`, `encoding`, and `content_sha256` (the digest of
+its arrays, pipeline.identity). It is written into a temporary folder and renamed when complete;
+`open_flow_store` refuses a store made with other settings.
 
 CLI (rule `flow`): python -m pipeline.flow --root R --annotations train.json --shard K --params JSON
   --out results/flow/shard_K.zarr --log-json logs/flow/shard_K.json [--num-videos N]
@@ -36,6 +37,7 @@ import zarr
 from tqdm import tqdm
 
 from pipeline.flow_codec import flow_to_rgb
+from pipeline.identity import DIGEST_ATTR, store_digest
 from pipeline.io import atomic_dir, params_from_json, setup_logging, write_json_atomic
 from pipeline.shards import videos_of_shard
 from pipeline.ytvis import FRAMES_DIR, Video, load_ytvis, read_frame
@@ -337,7 +339,8 @@ class ShardTimes:
 
 def write_shard(out: str | os.PathLike, root: str | os.PathLike, videos: Sequence[Video],
                 estimate: PairEstimator, attributes: dict, progress: bool = True) -> ShardTimes:
-    """Compute and store the encoded flow of `videos` into a new store at `out`, atomically.
+    """Compute and store the encoded flow of `videos` into a new store at `out`, atomically, with `attributes`
+    and the content digest of what it wrote (pipeline.identity.DIGEST_ATTR).
 
     While the estimator works on video i, one thread decodes video i+1 and another encodes and writes
     video i-1 (numpy, OpenCV and Zstd release the GIL), so on two cores the overhead mostly hides."""
@@ -378,7 +381,7 @@ def write_shard(out: str | os.PathLike, root: str | os.PathLike, videos: Sequenc
                 pending.pop(0).result()
         for future in pending:
             future.result()
-        group.attrs.update(attributes)
+        group.attrs.update(attributes | {DIGEST_ATTR: store_digest(tmp)})
     times.wall = time.perf_counter() - start
     return times
 

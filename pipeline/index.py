@@ -9,6 +9,7 @@
   `box_track_ids` int64 (B,) (annotation ids);
 - `category_ids` int64 (K,) and `category_names` str (K,): the dataset's categories sorted by id; the
   trainer's contiguous class c is category_ids[c].
+Attributes: `split`, `shard_size` and `content_sha256` (the digest of the datasets, pipeline.identity).
 Every frame of the split is a row, also frames without any box (they train the classifier's background).
 Boxes of crowd tracks (iscrowd = 1) and empty boxes (w or h ≤ 0) are left out, as detectron2 does.
 """
@@ -22,6 +23,7 @@ from dataclasses import dataclass
 import h5py
 import numpy as np
 
+from pipeline.identity import DIGEST_ATTR, h5_digest
 from pipeline.io import atomic_file, setup_logging
 from pipeline.ytvis import YtvisDataset, load_ytvis
 
@@ -90,7 +92,8 @@ def build_index(split: YtvisDataset, all_video_ids: list[int], shard_size: int,
 
 
 def write_index(index: FrameIndex, path: str | os.PathLike, attrs: dict[str, str | int]) -> None:
-    """Write `index` to the h5 file `path` through a temporary file and a rename."""
+    """Write `index` to the h5 file `path` through a temporary file and a rename, with `attrs` and the digest
+    of the written datasets (pipeline.identity.DIGEST_ATTR)."""
     strings = h5py.string_dtype("utf-8")
     with atomic_file(path) as tmp, h5py.File(tmp, "w") as f:
         for name, value in vars(index).items():
@@ -98,7 +101,7 @@ def write_index(index: FrameIndex, path: str | os.PathLike, attrs: dict[str, str
                 f.create_dataset(name, data=np.asarray(value, dtype=object), dtype=strings)
             else:
                 f.create_dataset(name, data=value)
-        f.attrs.update(attrs)
+        f.attrs.update(attrs | {DIGEST_ATTR: h5_digest(f)})
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from model.train import TrainParams, run_key
+from model.train import TrainParams, find_resume, run_key, save_checkpoint
+from pipeline.identity import input_identity
 from pipeline.io import params_from_json
 
 HERE = Path(__file__).parent
@@ -64,7 +65,8 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tiny_data: dict, tmp_pat
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.Popen(command(tiny_data, killed), cwd=REPO, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
-    ckpt = killed / "checkpoints" / run_key(json.loads((HERE / "tiny_model.json").read_text()), params())
+    inputs = input_identity(tiny_data["index"], tiny_data["flow"], tiny_data["affinity"])
+    ckpt = killed / "checkpoints" / run_key(json.loads((HERE / "tiny_model.json").read_text()), params(), inputs)
     sidecar = ckpt / "ckpt_00000002.pt.sha256"
     deadline = time.monotonic() + 240
     while not sidecar.exists() and proc.poll() is None and time.monotonic() < deadline:
@@ -87,3 +89,15 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tiny_data: dict, tmp_pat
     assert "ckpt_00000006.pt" in log and "truncated or corrupt" in log
     assert "ckpt_00000004.pt at step 4" in log
     assert_same_weights(straight / "final.pt", killed / "final.pt")
+
+
+def test_a_shortened_run_resumes_from_a_checkpoint_within_its_iterations(tmp_path: Path) -> None:
+    """After a run to step 6 (checkpoints 2, 4, 6, `last` naming 6), train.iters 5 resumes step 4, 6 step 6,
+    and 1 finds nothing (it trains from step 0): a shorter run never ends with the longer run's weights."""
+    for step in (2, 4, 6):
+        save_checkpoint(tmp_path, {"step": step, "weight": torch.full((2,), float(step))}, step, keep=3)
+    assert find_resume(tmp_path, 6)[1]["step"] == 6
+    path, state = find_resume(tmp_path, 5)
+    assert path.name == "ckpt_00000004.pt" and torch.equal(state["weight"], torch.full((2,), 4.0))
+    assert find_resume(tmp_path, 4)[1]["step"] == 4
+    assert find_resume(tmp_path, 1) is None

@@ -146,11 +146,16 @@ def test_launch_command(gpus: int, threads: int, nproc: int, device: str, worker
 
 def test_run_key_keeps_extended_runs_and_separates_changed_ones() -> None:
     """More iterations (or another checkpoint period) resume the same trajectory; any other change, in the
-    train or the model section, gets its own checkpoint folder."""
+    train or the model section or in the identity of the inputs, gets its own checkpoint folder."""
     raw = json.loads(Path(__file__).with_name("tiny_train.json").read_text())
     params = lambda **c: params_from_json(TrainParams, json.dumps({**raw, **c}), "train")  # noqa: E731
-    key = run_key({"backbone": "resnet18"}, params())
-    assert run_key({"backbone": "resnet18"}, params(iters=600, checkpoint_every=7, max_bad_steps=9)) == key
-    assert run_key({"backbone": "resnet18"}, params(lr=0.02)) != key
-    assert run_key({"backbone": "resnet18"}, params(seed=1)) != key
-    assert run_key({"backbone": "resnet50"}, params()) != key
+    inputs = {"index": {"content_sha256": "1" * 64}, "affinity/shard_0.zarr": {"content_sha256": "2" * 64}}
+    key = run_key({"backbone": "resnet18"}, params(), inputs)
+    assert run_key({"backbone": "resnet18"}, params(iters=600, checkpoint_every=7, max_bad_steps=9), inputs) == key
+    assert run_key({"backbone": "resnet18"}, params(lr=0.02), inputs) != key
+    assert run_key({"backbone": "resnet18"}, params(seed=1), inputs) != key
+    assert run_key({"backbone": "resnet50"}, params(), inputs) != key
+    other = {**inputs, "affinity/shard_0.zarr": {"content_sha256": "3" * 64}}
+    assert run_key({"backbone": "resnet18"}, params(), other) != key
+    assert run_key({"backbone": "resnet18"}, params(iters=600), other) == run_key({"backbone": "resnet18"},
+                                                                                 params(), other)

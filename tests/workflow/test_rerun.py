@@ -1,14 +1,18 @@
-"""The rerun promise (issue 7): after a full run of a tiny config, a config edit reruns exactly the stages
-downstream of the edited section, and no edit reruns nothing."""
+"""The rerun promise (issues 7 and 11): after a full run of a tiny config, a config edit reruns exactly the
+stages downstream of the edited section, and in effect: training after an input edit starts from step 0,
+more iterations resume; no edit runs nothing."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from smk import AFTER_TRAINING, REPO, TINY, planned_rules, ran_rules, snakemake
+
+EXPERIMENTS = list(yaml.safe_load((REPO / "config.yaml").read_text())["experiments"])
 
 
 def write_config(path: Path, **edits: dict) -> Path:
@@ -20,37 +24,78 @@ def write_config(path: Path, **edits: dict) -> Path:
     return path
 
 
-def train_runs(workdir: Path) -> dict[str, int]:
-    """Per experiment, how many training trajectories (checkpoints/<run key>/ folders) it holds."""
-    return {exp.name: sum(1 for key in (exp / "checkpoints").iterdir() if key.is_dir())
+def key_folders(workdir: Path) -> dict[str, set[str]]:
+    """Per experiment, its training trajectories: the names of its checkpoints/<run key>/ folders."""
+    return {exp.name: {key.name for key in (exp / "checkpoints").iterdir() if key.is_dir()}
             for exp in sorted((workdir / "results/train").iterdir())}
+
+
+def final_weights(workdir: Path) -> dict[str, dict]:
+    """Per experiment, its final.pt (weights_only)."""
+    return {exp: torch.load(workdir / f"results/train/{exp}/final.pt", weights_only=True) for exp in EXPERIMENTS}
+
+
+def same_tensors(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    """Two state dicts with the same keys and bit-identical tensors."""
+    return a.keys() == b.keys() and all(torch.equal(a[name], b[name]) for name in a)
+
+
+def train_log(workdir: Path, exp: str) -> str:
+    """The trainer's log of the experiment's latest train job."""
+    return (workdir / f"logs/train/{exp}.log").read_text()
 
 
 @pytest.mark.slow
 def test_config_edits_rerun_exactly_the_downstream_stages(tmp_path: Path) -> None:
-    """No edit: nothing planned. train.lr: train, evaluate, tables and the figures made from trained models.
-    affinity.tau_flow: affinity and those, not flow. The lr rerun runs those rules only, trains afresh (a new
-    trajectory), and leaves nothing planned."""
+    """On one tiny full run. Plans: no edit nothing; train.lr train, evaluate, tables and the figures made from
+    trained models; affinity.tau_flow affinity and those, not flow. Runs: tau_flow reruns those, and every
+    experiment trains from step 0 in a new trajectory (the motion model, which reads the flow masks, to other
+    weights; BoxInst, which does not, to the same ones), and then no edit runs nothing; train.iters 4 -> 6
+    (only the train jobs, to keep CI short) resumes each from that run's step-4 checkpoint and trains 2 steps."""
     base = write_config(tmp_path / "tiny.yaml")
     first = snakemake(tmp_path, "--cores", "2", "--configfile", str(base))
     assert {"synthetic", "flow", "affinity", "train", "evaluate", "tables"} <= ran_rules(first)
     tables = {p.name for p in (tmp_path / "results/tables").iterdir()}
     assert {f"table{i}.md" for i in range(1, 5)} <= tables, tables
+    for exp in EXPERIMENTS:
+        assert "training from step 0 to 4" in train_log(tmp_path, exp)
 
     def plan(config: Path) -> set[str]:
         return planned_rules(snakemake(tmp_path, "-n", "--configfile", str(config)))
 
     assert plan(base) == set()
-    lr = write_config(tmp_path / "lr.yaml", train={"lr": 2.0e-2})
-    assert plan(lr) == AFTER_TRAINING
+    assert plan(write_config(tmp_path / "lr.yaml", train={"lr": 2.0e-2})) == AFTER_TRAINING
     tau = write_config(tmp_path / "tau.yaml", affinity={"tau_flow": 0.7})
     assert plan(tau) == {"affinity", *AFTER_TRAINING}
 
-    runs = train_runs(tmp_path)
-    assert runs == {exp: 1 for exp in yaml.safe_load((REPO / "config.yaml").read_text())["experiments"]}
+    # affinity.tau_flow: new masks, so new trajectories from step 0 (issue 11: not the old checkpoint)
+    keys, old = key_folders(tmp_path), final_weights(tmp_path)
+    assert all(len(k) == 1 for k in keys.values()) and set(keys) == set(EXPERIMENTS), keys
     flow = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "results/flow").iterdir()}
-    rerun = snakemake(tmp_path, "--cores", "2", "--configfile", str(lr))
-    assert ran_rules(rerun) == AFTER_TRAINING
-    assert train_runs(tmp_path) == {exp: n + 1 for exp, n in runs.items()}  # a fresh run, not a resumed one
+    assert ran_rules(snakemake(tmp_path, "--cores", "2", "--configfile", str(tau))) == {"affinity", *AFTER_TRAINING}
     assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "results/flow").iterdir()} == flow
-    assert plan(lr) == set()
+    new = final_weights(tmp_path)
+    fresh = {exp: (k - keys[exp]).pop() for exp, k in key_folders(tmp_path).items()}
+    assert all(len(k) == 2 for k in key_folders(tmp_path).values())
+    for exp in EXPERIMENTS:
+        log = train_log(tmp_path, exp)
+        assert f"training from step 0 to 4: no checkpoint of run {fresh[exp]}" in log, log[-3000:]
+        assert "resumed from" not in log
+        assert new[exp]["step"] == 4 and new[exp]["inputs"]["affinity/shard_0.zarr"]["params"]["tau_flow"] == 0.7
+        assert old[exp]["inputs"]["affinity/shard_0.zarr"]["params"]["tau_flow"] == 0.6
+    assert not same_tensors(old["ours"]["model"], new["ours"]["model"])
+    assert same_tensors(old["boxinst"]["model"], new["boxinst"]["model"])  # colour pairs only: same inputs read
+    assert ran_rules(snakemake(tmp_path, "--cores", "2", "--configfile", str(tau))) == set()  # no edit
+
+    # train.iters 4 -> 6: the same trajectory, resumed at its last checkpoint; only steps 5 and 6 run
+    longer = write_config(tmp_path / "longer.yaml", affinity={"tau_flow": 0.7}, train={"iters": 6})
+    trained = [f"results/train/{exp}/final.pt" for exp in EXPERIMENTS]
+    assert ran_rules(snakemake(tmp_path, *trained, "--cores", "2", "--configfile", str(longer))) == {"train"}
+    assert key_folders(tmp_path) == {exp: keys[exp] | {fresh[exp]} for exp in EXPERIMENTS}
+    for exp in EXPERIMENTS:
+        log = train_log(tmp_path, exp)
+        checkpoint = f"results/train/{exp}/checkpoints/{fresh[exp]}/ckpt_00000004.pt"
+        assert f"resumed from {checkpoint} at step 4; training steps 5 to 6" in log, log[-3000:]
+        assert "after 6 steps, 2 of them trained in this run" in log, log[-3000:]
+        assert "training from step 0" not in log
+        assert torch.load(tmp_path / f"results/train/{exp}/final.pt", weights_only=True)["step"] == 6
