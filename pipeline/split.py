@@ -103,8 +103,9 @@ def _checked_compressed(rles: list[Rle], frames: list[int], file: Path, item: st
 def to_coco(dataset: YtvisDataset, video_ids: Iterable[int], progress: bool = False) -> dict[str, Any]:
     """Image-level COCO ground truth of `video_ids` (method §1.3): one image per frame (ids from 1, in video id then
     frame order, with `video_id`, `frame_index`, `file_name` relative to JPEGImages, `height`, `width`), one
-    annotation per (track, frame) with a non-null segmentation: compressed RLE (counts str), `bbox` XYWH,
-    `area` from the json's `areas`, `iscrowd`, `category_id`, and `instance_id` = the track id."""
+    annotation per (track, frame) where the track is present: compressed RLE (counts str; none in a boxes-only
+    dataset), `bbox` XYWH, `area` from the json's `areas`, `iscrowd`, `category_id`, and `instance_id` = the
+    track id."""
     keep = sorted(set(video_ids))
     videos = dataset.video_by_id
     unknown = [v for v in keep if v not in videos]
@@ -120,15 +121,16 @@ def to_coco(dataset: YtvisDataset, video_ids: Iterable[int], progress: bool = Fa
                        "height": video.height, "width": video.width}
                       for t, name in enumerate(video.file_names))
         for track in tracks_of_video[vid]:
-            frames = [t for t, s in enumerate(track.segmentations) if s is not None]
+            frames = [t for t, box in enumerate(track.bboxes_xywh) if box is not None]
             if not frames:
                 continue
-            counts = _checked_compressed([track.segmentations[t] for t in frames], frames,  # type: ignore[misc]
-                                 dataset.annotation_file, f"annotation {track.id} (video {vid})")
+            counts = (_checked_compressed([track.segmentations[t] for t in frames], frames,  # type: ignore[misc]
+                                          dataset.annotation_file, f"annotation {track.id} (video {vid})")
+                      if dataset.has_masks else [None] * len(frames))
             for t, c in zip(frames, counts):
+                mask = {"segmentation": {"size": [video.height, video.width], "counts": c}} if c else {}
                 annotations.append({"id": len(annotations) + 1, "image_id": first_image_id + t,
-                                    "category_id": track.category_id, "iscrowd": track.iscrowd,
-                                    "segmentation": {"size": [video.height, video.width], "counts": c},
+                                    "category_id": track.category_id, "iscrowd": track.iscrowd, **mask,
                                     "bbox": list(track.bboxes_xywh[t]), "area": track.areas[t],
                                     "instance_id": track.id})
     categories = [{"id": c.id, "name": c.name, "supercategory": c.supercategory} for c in dataset.categories]
@@ -137,7 +139,8 @@ def to_coco(dataset: YtvisDataset, video_ids: Iterable[int], progress: bool = Fa
 
 
 def _counts(dataset: YtvisDataset, video_ids: list[int]) -> dict[str, int]:
-    """Videos, frames, frames with at least one mask, and (track, frame) masks of a subset."""
+    """Videos, frames, frames with at least one object, and (track, frame) objects (masks; boxes in a boxes-only
+    dataset) of a subset."""
     videos = dataset.video_by_id
     tracks_of_video = dataset.tracks_of_video
     images = with_masks = masks = 0
@@ -145,8 +148,8 @@ def _counts(dataset: YtvisDataset, video_ids: list[int]) -> dict[str, int]:
         images += videos[vid].length
         present = [False] * videos[vid].length
         for track in tracks_of_video[vid]:
-            for t, seg in enumerate(track.segmentations):
-                if seg is not None:
+            for t, box in enumerate(track.bboxes_xywh):
+                if box is not None:
                     present[t] = True
                     masks += 1
         with_masks += sum(present)

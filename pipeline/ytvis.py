@@ -119,6 +119,11 @@ class YtvisDataset:
             out[track.video_id].append(track)
         return out
 
+    @functools.cached_property
+    def has_masks(self) -> bool:
+        """Whether the tracks carry masks; False for a boxes-only dataset (box supervision, box AP only)."""
+        return any(seg is not None for track in self.tracks for seg in track.segmentations)
+
     def frame_path(self, video: Video, frame_index: int) -> Path:
         """Absolute path of frame `frame_index` of `video`."""
         return self.root / FRAMES_DIR / video.file_names[frame_index]
@@ -294,8 +299,21 @@ def _video(raw: Any, file: Path, index: int) -> Video:
     return Video(vid, width, height, tuple(names))
 
 
-def _track(raw: Any, file: Path, index: int, videos: Mapping[int, Video], category_ids: set[int]) -> Track:
-    """One annotations[] entry: known video and category, per-frame lists of the video's length, nulls aligned."""
+def _frame_list(raw: Mapping, key: str, video: Video, file: Path, item: str) -> list:
+    """raw[key]: a list with one entry per frame of `video`."""
+    value = _field(raw, key, file, item)
+    if type(value) is not list:
+        raise YtvisError(file, item, key, f"expected a list, got {type(value).__name__}")
+    if len(value) != video.length:
+        raise YtvisError(file, item, key, f"{len(value)} entries, but video {video.id} has {video.length} frames")
+    return value
+
+
+def _track(raw: Any, file: Path, index: int, videos: Mapping[int, Video], category_ids: set[int],
+           masks: bool = True) -> Track:
+    """One annotations[] entry: known video and category, per-frame lists of the video's length, nulls aligned.
+    Without `masks` (a boxes-only dataset) `segmentations` may be absent (else all null), `bboxes` say where
+    the object is, and `areas` may be absent (then the box areas)."""
     item = f"annotations[{index}]"
     aid = _id(_field(raw, "id", file, item), file, item, "id")
     item = f"annotation {aid}"
@@ -311,35 +329,42 @@ def _track(raw: Any, file: Path, index: int, videos: Mapping[int, Video], catego
     iscrowd = _field(raw, "iscrowd", file, item)
     if iscrowd not in (0, 1) or type(iscrowd) is not int:
         raise YtvisError(file, item, "iscrowd", f"expected 0 or 1, got {_short(iscrowd)}")
-    lists = {}
-    for key in ("segmentations", "bboxes", "areas"):
-        value = _field(raw, key, file, item)
-        if type(value) is not list:
-            raise YtvisError(file, item, key, f"expected a list, got {type(value).__name__}")
-        if len(value) != video.length:
-            raise YtvisError(file, item, key, f"{len(value)} entries, but video {vid} has {video.length} frames")
-        lists[key] = value
     for key in ("height", "width"):
         if key in raw and raw[key] != getattr(video, key):
             raise YtvisError(file, item, key, f"{_short(raw[key])} differs from video {vid}'s {getattr(video, key)}")
+    nulls = [None] * video.length
+    given_areas = masks or "areas" in raw
+    lists = {"segmentations": _frame_list(raw, "segmentations", video, file, item) if masks or "segmentations" in raw
+             else nulls,
+             "bboxes": _frame_list(raw, "bboxes", video, file, item),
+             "areas": _frame_list(raw, "areas", video, file, item) if given_areas else nulls}
+    presence = "segmentations" if masks else "bboxes"  # the list that says where the object is
     h, w = video.height, video.width
     segs: list[Rle | None] = []
     boxes: list[BoxXYWH | None] = []
     areas: list[float | None] = []
     for t, (seg, box, area) in enumerate(zip(lists["segmentations"], lists["bboxes"], lists["areas"])):
-        if seg is None:
-            if box is not None or area is not None:
-                key = "bboxes" if box is not None else "areas"
-                raise YtvisError(file, item, f"{key}[{t}]", "present where segmentations[t] is null")
+        entries = {"segmentations": seg, "bboxes": box, "areas": area if given_areas else box}
+        if entries[presence] is None:
+            stray = next((key for key, value in entries.items() if value is not None), None)
+            if stray:
+                raise YtvisError(file, item, f"{stray}[{t}]", f"present where {presence}[t] is null")
             segs.append(None), boxes.append(None), areas.append(None)
             continue
-        if box is None or area is None:
-            key = "bboxes" if box is None else "areas"
-            raise YtvisError(file, item, f"{key}[{t}]", "null where segmentations[t] is present")
-        segs.append(_rle(seg, h, w, file, item, f"segmentations[{t}]"))
+        absent = next((key for key, value in entries.items() if value is None and (masks or key != "segmentations")),
+                      None)
+        if absent:
+            raise YtvisError(file, item, f"{absent}[{t}]", f"null where {presence}[t] is present")
+        segs.append(_rle(seg, h, w, file, item, f"segmentations[{t}]") if masks else None)
         boxes.append(_box(box, h, w, file, item, f"bboxes[{t}]"))
-        areas.append(_area(area, h, w, file, item, f"areas[{t}]"))
+        areas.append(_area(area, h, w, file, item, f"areas[{t}]") if given_areas else boxes[-1][2] * boxes[-1][3])
     return Track(aid, vid, cid, iscrowd, tuple(segs), tuple(boxes), tuple(areas))
+
+
+def _has_masks(annotations: list) -> bool:
+    """Whether any annotation has a non-null segmentation (else the dataset is boxes-only)."""
+    return any(isinstance(raw, Mapping) and isinstance(raw.get("segmentations"), list)
+               and any(seg is not None for seg in raw["segmentations"]) for raw in annotations)
 
 
 def _unique(ids: Iterable[int], file: Path, what: str) -> None:
@@ -413,7 +438,8 @@ def load_ytvis(root: str | os.PathLike, annotation_file: str | os.PathLike = "tr
     _unique((v.id for v in videos), file, "video")
     video_by_id = {v.id: v for v in videos}
     category_ids = {c.id for c in categories}
-    tracks = [_track(a, file, i, video_by_id, category_ids)
+    masks = _has_masks(lists["annotations"])
+    tracks = [_track(a, file, i, video_by_id, category_ids, masks)
               for i, a in enumerate(tqdm(lists["annotations"], desc="annotations", unit="track",
                                          disable=not progress))]
     _unique((t.id for t in tracks), file, "annotation")
