@@ -13,11 +13,47 @@ import io
 from typing import Any, Literal
 
 import numpy as np
+from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 IouType = Literal["segm", "bbox"]
+NO_MASKS = "no mask AP: the ground truth has boxes only (a boxes-only dataset); box AP is the measure"
+
+
+def has_masks(gt: dict[str, Any]) -> bool:
+    """Whether the ground truth's annotations carry masks (split writes none for a boxes-only dataset)."""
+    return bool(gt["annotations"]) and all("segmentation" in a for a in gt["annotations"])
+
+
+def iou_types(gt: dict[str, Any]) -> tuple[IouType, ...]:
+    """The IoU types the ground truth can score: segm and bbox, or bbox alone without masks."""
+    return ("segm", "bbox") if has_masks(gt) else ("bbox",)
+
+
+def annotation_mask(ann: dict[str, Any], height: int, width: int) -> np.ndarray:
+    """(H, W) bool mask of a COCO annotation or result: its RLE (compressed or not), or, on a boxes-only
+    ground truth without `segmentation`, the filled box."""
+    seg = ann.get("segmentation")
+    if seg is None:
+        x, y, w, h = ann["bbox"]
+        mask = np.zeros((height, width), bool)
+        mask[int(round(y)):int(round(y + h)), int(round(x)):int(round(x + w))] = True
+        return mask
+    if not isinstance(seg, dict):
+        raise ValueError(f"annotation {ann.get('id')}: expected an RLE segmentation, got {type(seg).__name__}")
+    if isinstance(seg.get("counts"), list):
+        seg = mask_utils.frPyObjects(seg, height, width)
+    elif isinstance(seg.get("counts"), str):
+        seg = {"size": seg["size"], "counts": seg["counts"].encode("ascii")}
+    return mask_utils.decode(seg).astype(bool)
+
+
+def unscored(coco_gt: COCO, results: list[dict[str, Any]], note: str) -> dict[str, Any]:
+    """The metrics entry of an IoU type the ground truth cannot score: every AP null, and why."""
+    return {**{k: None for k in STAT_NAMES}, "per_class": {c["name"]: None for c in coco_gt.dataset["categories"]},
+            "num_detections": len(results), "note": note}
 
 
 def load_coco(gt: dict) -> COCO:

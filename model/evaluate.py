@@ -23,7 +23,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from model.coco_eval import evaluate_results, load_coco
+from model.coco_eval import NO_MASKS, evaluate_results, has_masks, iou_types, load_coco, unscored
 from model.data import ShardStores, pad_images, padded_size, resized_shape
 from model.network import Detections, ModelParams, TwoStreamCondInst
 from pipeline.io import params_from_json, setup_logging, write_json_atomic
@@ -234,12 +234,12 @@ def main(argv: list[str] | None = None) -> None:
     coco_gt = load_coco(gt)
     metrics = {"experiment": args.experiment, "dataset": args.dataset, "checkpoint": str(args.checkpoint),
                "backbone": model.params.backbone, "frames": len(frames),
-               "segm": evaluate_results(coco_gt, results, "segm"),
-               "bbox": evaluate_results(coco_gt, results, "bbox")}
+               **{t: (evaluate_results(coco_gt, results, t) if t in iou_types(gt) else unscored(coco_gt, results, NO_MASKS))
+                  for t in ("segm", "bbox")}}
     write_json_atomic(args.results, results, indent=None)
     write_json_atomic(args.out, metrics)
-    log.info("%s: mask AP %s, box AP %s on %d frames", args.experiment, metrics["segm"]["AP"],
-             metrics["bbox"]["AP"], len(frames))
+    log.info("%s: mask AP %s, box AP %s on %d frames%s", args.experiment, metrics["segm"]["AP"],
+             metrics["bbox"]["AP"], len(frames), "" if has_masks(gt) else f" ({NO_MASKS})")
 
 
 if __name__ == "__main__":

@@ -42,6 +42,7 @@ import torch  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from torch import Tensor  # noqa: E402
 
+from model.coco_eval import annotation_mask  # noqa: E402
 from model.evaluate import EvalFrames, EvaluateParams, load_trained, pad_batch  # noqa: E402
 from model.network import TwoStreamCondInst  # noqa: E402
 from model.predict import blend_masks  # noqa: E402
@@ -269,15 +270,10 @@ def pick_examples(index_path: Path, count: int) -> list[Example]:
 
 
 def decode_masks(annotations: list[dict[str, Any]], height: int, width: int) -> np.ndarray:
-    """(D, H, W) bool masks of COCO annotations or results with compressed or uncompressed RLE."""
+    """(D, H, W) bool masks of COCO annotations or results (boxes-only ground truth: the filled boxes)."""
     masks = np.zeros((len(annotations), height, width), bool)
     for k, ann in enumerate(annotations):
-        seg = ann["segmentation"]
-        if isinstance(seg, dict) and isinstance(seg.get("counts"), list):
-            seg = mask_utils.frPyObjects(seg, height, width)
-        elif not isinstance(seg, dict):
-            raise ValueError(f"annotation {ann.get('id')}: expected an RLE segmentation, got {type(seg).__name__}")
-        masks[k] = mask_utils.decode(seg).astype(bool)
+        masks[k] = annotation_mask(ann, height, width)
     return masks
 
 

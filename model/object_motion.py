@@ -28,10 +28,10 @@ from typing import Any
 
 import cv2
 import numpy as np
-import pycocotools.mask as mask_utils
 import zarr
 from tqdm import tqdm
 
+from model.coco_eval import annotation_mask
 from pipeline.flow_codec import rgb_to_flow
 from pipeline.io import setup_logging, write_json_atomic
 
@@ -51,17 +51,10 @@ def relative_motion(flow: np.ndarray, mask: np.ndarray, around: np.ndarray) -> f
     return float(np.linalg.norm(inside - outside))
 
 
-def decode_mask(ann: dict[str, Any]) -> np.ndarray:
-    """(H, W) bool mask of a COCO annotation with compressed RLE (counts str or bytes)."""
-    seg = ann["segmentation"]
-    counts = seg["counts"].encode("ascii") if isinstance(seg["counts"], str) else seg["counts"]
-    return mask_utils.decode({"size": seg["size"], "counts": counts}).astype(bool)
-
-
 def frame_motions(rgb: np.ndarray, scale: float, anns: list[dict[str, Any]], ring_px: int) -> dict[int, float | None]:
     """Annotation id -> relative motion for the objects `anns` of one frame with encoded flow rgb (H, W, 3).
     Only the pixels of the masks and rings are decoded."""
-    masks = [decode_mask(a) for a in anns]
+    masks = [annotation_mask(a, *rgb.shape[:2]) for a in anns]  # a boxes-only object: its box
     occupied = np.logical_or.reduce(masks)
     rings = [ring(m, occupied, ring_px) for m in masks]
     used = occupied | np.logical_or.reduce(rings)

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from model.bootstrap import draws, interval, replicates
-from model.coco_eval import STAT_NAMES, accumulated_stats, evaluated, load_coco
+from model.coco_eval import NO_MASKS, STAT_NAMES, accumulated_stats, evaluated, iou_types, load_coco
 from pipeline.io import params_from_json, setup_logging, write_json_atomic
 
 MOTION_BINS = ("static", "slow", "fast")
@@ -100,6 +100,9 @@ def subset_metrics(gt: dict[str, Any], results: list[dict[str, Any]], subsets: d
         coco = load_coco(subset_gt(gt, keep))
         out[name] = {"objects": len(keep)}
         for iou_type in IOU_TYPES:
+            if iou_type not in iou_types(gt):  # boxes-only ground truth: no mask AP
+                out[name][iou_type] = {stat: {"value": None, "interval": None, "replicates": []} for stat in STAT_NAMES}
+                continue
             began = time.perf_counter()
             ev = evaluated(coco, results, iou_type)
             point = accumulated_stats(ev)
@@ -149,6 +152,8 @@ def main(argv: list[str] | None = None) -> None:
                         "videos": sorted({img["video_id"] for img in gt["images"]}),
                         "seconds": {k: round(v, 2) for k, v in seconds.items()}}
     out["motion_edges_px_per_frame"] = params.motion_edges
+    if "segm" not in iou_types(gt):
+        out["note"] = NO_MASKS
     write_json_atomic(args.out, out, indent=None)
     log.info("%s: %s; COCOeval matching %.1f s, %d x %d re-accumulations %.1f s", out["experiment"],
              ", ".join(f"{n} mask AP {s['segm']['AP']['value']}" for n, s in out["subsets"].items()),
