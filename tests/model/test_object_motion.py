@@ -102,7 +102,8 @@ def test_flow_stage_store_decodes_to_the_estimated_flow(tmp_path: Path,
     estimator = DisEstimator("fast")
     out = tmp_path / "shard_0.zarr"
     params = FlowParams.from_json(json.dumps({"estimator": "dis", "shard_size": 2, "dis": {"preset": "fast"},
-                                              "gma": {"checkpoint": "x", "iters": 1, "dtype": "float32"}}), "flow")
+                                              "gma": {"checkpoint": "x", "iters": 1, "dtype": "float32"},
+                                              "raft": {"model": "small", "weights": "C_T_V2", "iters": 2}}), "flow")
     ids = [v.id for v in dataset.videos]
     write_shard(out, root, dataset.videos, estimator, store_attributes(params, ids, None), progress=False)
     group = zarr.open_group(str(out), mode="r")
