@@ -132,6 +132,8 @@ class Final:
     params: ModelParams
     category_ids: list[int]
     category_names: list[str]
+    flow_params: dict | None = None  # the flow section it was trained with (older files: None)
+    train_params: dict | None = None
 
 
 def read_final(checkpoint: Path) -> Final:
@@ -164,8 +166,12 @@ def read_final(checkpoint: Path) -> Final:
         params = params_from_json(ModelParams, json.dumps(state["model_params"]), f"{checkpoint}: model_params")
     except (TypeError, ValueError) as err:
         raise wrong(f"model_params do not build the network ({err})") from err
+    flow = state.get("flow_params")
+    if flow is not None and not isinstance(flow, dict):
+        raise wrong(f"flow_params is a {type(flow).__name__}, not the flow config section")
+    train = state.get("train_params") if isinstance(state.get("train_params"), dict) else None
     return Final(as_state_dict(state["model"], checkpoint, FINAL_EXPECTED), params, ids,
-                 names if names is not None else [str(c) for c in ids])
+                 names if names is not None else [str(c) for c in ids], flow, train)
 
 
 def model_from_final(final: Final, checkpoint: Path, device: str) -> TwoStreamCondInst:
@@ -233,7 +239,7 @@ def main(argv: list[str] | None = None) -> None:
     results = predict_split(model, category_ids, frames, image_ids, params, device, args.batch_size, args.workers)
     coco_gt = load_coco(gt)
     metrics = {"experiment": args.experiment, "dataset": args.dataset, "checkpoint": str(args.checkpoint),
-               "backbone": model.params.backbone, "frames": len(frames),
+               "backbone": model.params.backbone, "frames": len(frames), "evaluate_params": json.loads(args.params),
                **{t: (evaluate_results(coco_gt, results, t) if t in iou_types(gt) else unscored(coco_gt, results, NO_MASKS))
                   for t in ("segm", "bbox")}}
     write_json_atomic(args.results, results, indent=None)

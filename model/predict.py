@@ -1,7 +1,10 @@
 """Prediction on your own frames (method §6 inference): a folder of frames or a video file → masks and overlays.
 
-    python -m model.predict --input FRAMES_DIR_OR_VIDEO --checkpoint results/train/<exp>/final.pt \
-        --params '<evaluate section JSON>' [--flow-params '<flow section JSON>'] --out OUT_DIR
+    python -m model.predict --input FRAMES_DIR_OR_VIDEO --checkpoint results/train/<exp>/final.pt --out OUT_DIR
+
+The checkpoint brings its settings: the flow section it was trained with (final.pt) and the evaluate section
+its evaluation used (`results/eval/<exp>/metrics.json` beside `results/train/<exp>/`; without one, the
+method's inference settings at the largest training size). `--params` / `--flow-params` (JSON) override them.
 
 A folder is read as its image files in sorted name order; a video file through cv2.VideoCapture. Frames are
 resized like evaluation (`evaluate.min_size`, `evaluate.max_size`). When the network reads flow (a two-stream
@@ -13,12 +16,16 @@ zeros. OUT_DIR gets
   "categories": [{"id", "name"}]}; the image id of a frame is its position in frame order (0, 1, ...);
 - `overlays/<name>.png`: each frame with its detections above `--overlay-thresh` (masks coloured per
   instance, boxes, class names and scores); <name> is the frame's whole file name (`a.jpg` → `a.jpg.png`, so
-  `a.jpg` and `a.png` get one overlay each) or `<video stem>_<t, 6 digits>` for a video file.
+  `a.jpg` and `a.png` get one overlay each) or `<video stem>_<t, 6 digits>` for a video file;
+- `overlay.mp4` (a video input): the overlays as a video at the input's frame rate.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import logging
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,13 +37,17 @@ import torch
 from tqdm import tqdm
 
 from model.data import resized_shape
-from model.evaluate import EvaluateParams, model_from_final, pad_batch, read_final, to_coco_results
+from model.evaluate import EvaluateParams, Final, model_from_final, pad_batch, read_final, to_coco_results
 from model.network import Detections, TwoStreamCondInst
 from pipeline.io import atomic_dir, write_bytes_atomic
 from pipeline.flow import FlowParams, PairEstimator, encode_video, make_estimator, video_flow
 from pipeline.io import params_from_json, setup_logging, write_json_atomic
 from pipeline.ytvis import read_image
 
+log = logging.getLogger("mowis.predict")
+# Inference settings of method §6 besides the sizes (the evaluate section's other keys).
+METHOD_INFERENCE = {"score_thresh": 0.05, "nms_thresh": 0.6, "topk_per_level": 1000, "max_dets": 100,
+                    "mask_thresh": 0.5}
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 # Instance colours of the overlays (RGB), cycled in detection order (highest score first).
 PALETTE = np.array([(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48),
@@ -208,38 +219,107 @@ def predict_frames(model: TwoStreamCondInst, frames: Iterator[Frame], estimate: 
     progress.close()
 
 
-def load_checkpoint(path: Path, device: str) -> tuple[TwoStreamCondInst, list[int], list[str]]:
-    """The trained network, its class → category id list and class names, from a `final.pt`; a wrong file
-    raises naming it (model.evaluate.read_final)."""
+def load_checkpoint(path: Path, device: str) -> tuple[TwoStreamCondInst, Final]:
+    """The trained network and the checked contents of a `final.pt`; a wrong file raises naming it
+    (model.evaluate.read_final)."""
     final = read_final(path)
-    return model_from_final(final, path, device), final.category_ids, final.category_names
+    return model_from_final(final, path, device), final
 
 
-def run(input_path: Path, checkpoint: Path, params: EvaluateParams, flow_params: FlowParams | None,
+def video_fps(path: Path) -> float:
+    """Frames per second of a video file (25 where the container does not say)."""
+    capture = cv2.VideoCapture(str(path))
+    fps = capture.get(cv2.CAP_PROP_FPS)
+    capture.release()
+    return fps if fps and fps > 0 else 25.0
+
+
+class OverlayVideo:
+    """The overlays of a video input as an mp4 beside the frames: written to a temporary file, renamed when
+    every frame is in; nothing is left when prediction fails. With fps 0 (a folder input) it writes nothing."""
+
+    def __init__(self, path: Path, fps: float):
+        self.path, self.fps, self.writer = path, fps, None
+        self.tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.mp4")
+
+    def add(self, rgb: np.ndarray) -> None:
+        """Append one (H, W, 3) uint8 RGB frame."""
+        if self.writer is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.writer = cv2.VideoWriter(str(self.tmp), cv2.VideoWriter_fourcc(*"mp4v"), self.fps,
+                                          (rgb.shape[1], rgb.shape[0]))
+            if not self.writer.isOpened():
+                raise OSError(f"{self.tmp}: OpenCV cannot write an mp4 video here")
+        self.writer.write(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+
+    def __enter__(self) -> "OverlayVideo":
+        return self
+
+    def __exit__(self, kind, value, traceback) -> None:
+        if self.writer is not None:
+            self.writer.release()
+            if kind is None:
+                os.replace(self.tmp, self.path)
+            else:
+                self.tmp.unlink(missing_ok=True)
+
+
+def evaluated_settings(checkpoint: Path) -> Path:
+    """Where the workflow's evaluation of `<results>/train/<exp>/final.pt` recorded its evaluate section:
+    `<results>/eval/<exp>/metrics.json`."""
+    return checkpoint.parent.parent.parent / "eval" / checkpoint.parent.name / "metrics.json"
+
+
+def inference_params(checkpoint: Path, final: Final) -> tuple[EvaluateParams, str]:
+    """The evaluate section for `final` (and where it came from): the one its evaluation used, else the
+    method's inference settings (§6) at the largest training size."""
+    metrics = evaluated_settings(checkpoint)
+    if metrics.is_file():
+        recorded = json.loads(metrics.read_text()).get("evaluate_params")
+        if isinstance(recorded, dict):
+            return params_from_json(EvaluateParams, json.dumps(recorded), f"{metrics}: evaluate_params"), str(metrics)
+    train = final.train_params or {}
+    if not train.get("min_sizes") or not train.get("max_size"):
+        raise ValueError(f"{checkpoint}: no evaluation recorded at {metrics} and no training sizes in the file: "
+                         f"pass --params (the evaluate config section as JSON)")
+    sizes = {"min_size": max(train["min_sizes"]), "max_size": train["max_size"]}
+    return EvaluateParams(**sizes, **METHOD_INFERENCE), f"the method's settings at {checkpoint}'s training size"
+
+
+def run(input_path: Path, checkpoint: Path, params: EvaluateParams | None, flow_params: FlowParams | None,
         out: Path, device: str, batch_size: int, overlay_thresh: float) -> dict[str, Any]:
-    """Predict every frame of `input_path`, write results.json, images.json and overlays/ under `out`;
-    returns the images.json content."""
-    model, category_ids, class_names = load_checkpoint(checkpoint, device)
+    """Predict every frame of `input_path`, write results.json, images.json and overlays/ (and, for a video
+    file, overlay.mp4) under `out`; returns the images.json content. Settings left None come with the
+    checkpoint: the flow section it was trained with, the evaluate section it was evaluated with."""
+    model, final = load_checkpoint(checkpoint, device)
+    category_ids, class_names = final.category_ids, final.category_names
+    if params is None:
+        params, source = inference_params(checkpoint, final)
+        log.info("inference settings from %s: %s", source, params)
     estimate = None
     if reads_flow(model):
-        if flow_params is None:
-            raise ValueError(f"{checkpoint}: a two-stream model reads flow; pass --flow-params (the flow "
-                             f"config section as JSON) so it can be computed")
+        if flow_params is None and final.flow_params is None:
+            raise ValueError(f"{checkpoint}: a two-stream model reads flow, and this file does not say which "
+                             f"flow it was trained with; pass --flow-params (the flow config section as JSON)")
+        flow_params = flow_params or FlowParams.from_json(json.dumps(final.flow_params), f"{checkpoint}: flow_params")
         estimate = make_estimator(flow_params, device)
     frames, total = open_input(input_path)
     video = input_path.is_file()
     made_out = not out.exists()
     results: list[dict[str, Any]] = []
     images = []
+    movie = OverlayVideo(out / "overlay.mp4", video_fps(input_path) if video else 0.0)
     try:  # overlays go to a temporary folder renamed when every frame is done: a failed run leaves none
-        with atomic_dir(out / "overlays") as overlays:
+        with atomic_dir(out / "overlays") as overlays, movie:
             for frame, det in predict_frames(model, frames, estimate, params, device, batch_size, total):
                 results.extend(to_coco_results(det, frame.index, category_ids))
                 height, width = frame.rgb.shape[:2]
                 images.append({"id": frame.index, "file_name": frame.name, "frame_index": frame.index,
                                "height": height, "width": width})
-                write_png_atomic(overlays / overlay_name(frame, video),
-                                 draw_overlay(frame.rgb, det, class_names, overlay_thresh))
+                drawn = draw_overlay(frame.rgb, det, class_names, overlay_thresh)
+                write_png_atomic(overlays / overlay_name(frame, video), drawn)
+                if video:
+                    movie.add(drawn)
     except BaseException:
         if made_out and out.is_dir() and not any(out.iterdir()):
             out.rmdir()
@@ -256,8 +336,10 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--input", required=True, type=Path, help="a folder of frames or a video file")
     ap.add_argument("--checkpoint", required=True, type=Path, help="results/train/<exp>/final.pt")
-    ap.add_argument("--params", required=True, help="the evaluate config section (JSON)")
-    ap.add_argument("--flow-params", help="the flow config section (JSON); needed for a two-stream model")
+    ap.add_argument("--params", help="the evaluate config section (JSON); default: the one the checkpoint's "
+                                     "evaluation used (results/eval/<exp>/metrics.json), else the method's")
+    ap.add_argument("--flow-params", help="the flow config section (JSON); default: the one the checkpoint was "
+                                          "trained with")
     ap.add_argument("--out", required=True, type=Path, help="output folder")
     ap.add_argument("--batch-size", type=int, default=4, help="frames per forward pass")
     ap.add_argument("--overlay-thresh", type=float, default=0.3, help="lowest score drawn on the overlays")
@@ -266,7 +348,7 @@ def main(argv: list[str] | None = None) -> None:
     log = setup_logging()
     if args.batch_size < 1:
         ap.error(f"--batch-size must be >= 1, got {args.batch_size}")
-    params = params_from_json(EvaluateParams, args.params, "--params (config section evaluate)")
+    params = params_from_json(EvaluateParams, args.params, "--params (config section evaluate)") if args.params else None
     flow_params = (FlowParams.from_json(args.flow_params, "--flow-params (config section flow)")
                    if args.flow_params else None)
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device

@@ -337,6 +337,7 @@ class RunPaths:
     log_interval: float = LOG_INTERVAL  # seconds at least between two progress lines in a log file
     keep_checkpoints: int = 2
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    flow_params: dict | None = None  # the flow section the stores were made with: final.pt keeps it for predict
 
 
 def train(paths: RunPaths, model_params: dict, params: TrainParams, build_model: BuildModel = build_network) -> Path:
@@ -534,7 +535,8 @@ def train(paths: RunPaths, model_params: dict, params: TrainParams, build_model:
         torch.save({"model": unwrap(model).state_dict(), "model_params": model_params,
                     "train_params": dataclasses.asdict(params), "inputs": inputs, "step": step,
                     "num_classes": len(categories[0]),
-                    "category_ids": categories[0], "category_names": categories[1]}, buffer)
+                    "category_ids": categories[0], "category_names": categories[1],
+                    "flow_params": paths.flow_params}, buffer)
         write_bytes_atomic(final, buffer.getvalue())
         writer.close()
         log.info("wrote %s after %d steps, %d of them trained in this run", final, step, trained)
@@ -558,6 +560,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--log-every", type=int, default=20)
     parser.add_argument("--keep-checkpoints", type=int, default=2)
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    parser.add_argument("--flow-params", default=None, help="flow section (JSON) the stores were made with; kept "
+                                                            "in final.pt so that predict computes the same flow")
     parser.add_argument("--threads", type=int, default=None, help="torch compute threads per process")
     args = parser.parse_args(argv)
     setup_logging()
@@ -569,7 +573,7 @@ def main(argv: list[str] | None = None) -> None:
     params = params_from_json(TrainParams, args.train_params, "train")
     paths = RunPaths(index=args.index, frames=args.frames, flow=args.flow, affinity=args.affinity, out=args.out,
                      workers=args.workers, log_every=args.log_every, keep_checkpoints=args.keep_checkpoints,
-                     device=args.device)
+                     device=args.device, flow_params=json.loads(args.flow_params) if args.flow_params else None)
     train(paths, model_params, params)
 
 

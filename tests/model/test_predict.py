@@ -39,16 +39,16 @@ def synthetic_frames(count: int = 5, height: int = 48, width: int = 64) -> np.nd
     return frames
 
 
-def save_final(path: Path, two_stream: bool = True) -> None:
-    """A randomly initialised tiny network saved like model/train.py writes final.pt."""
+def save_final(path: Path, two_stream: bool = True, **extra) -> None:
+    """A randomly initialised tiny network saved like model/train.py writes final.pt (with `extra` fields)."""
     raw = json.loads(TINY_MODEL.read_text())
     raw["two_stream"] = two_stream
     params = params_from_json(ModelParams, json.dumps(raw), "tiny_model.json")
     torch.manual_seed(0)
     model = TwoStreamCondInst(params, len(CATEGORY_IDS))
     torch.save({"model": model.state_dict(), "model_params": raw, "train_params": {}, "step": 0,
-                "num_classes": len(CATEGORY_IDS), "category_ids": CATEGORY_IDS, "category_names": CATEGORY_NAMES},
-               path)
+                "num_classes": len(CATEGORY_IDS), "category_ids": CATEGORY_IDS, "category_names": CATEGORY_NAMES,
+                **extra}, path)
 
 
 @pytest.fixture(scope="module")
@@ -225,7 +225,8 @@ def test_final_checkpoint_defects_name_the_file_and_field(tmp_path: Path, defect
 
 def test_final_checkpoint_without_names_uses_category_ids(tmp_path: Path) -> None:
     path = _final_with(tmp_path / "final.pt", lambda s: s.pop("category_names"))
-    _, ids, names = load_checkpoint(path, "cpu")
+    _, final = load_checkpoint(path, "cpu")
+    ids, names = final.category_ids, final.category_names
     assert ids == CATEGORY_IDS and names == ["3", "7"]
 
 
@@ -256,3 +257,29 @@ def test_bad_frame_stops_prediction_naming_it_and_leaves_nothing(inputs: dict[st
                 "wrong_size": f"{bad}: frame 4 is 64x52, the first frame 64x48"}[how]
     assert expected in str(err.value)
     assert not out.exists() and leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize("evaluated", [True, False])
+def test_one_line_predict_on_a_video(inputs: dict[str, Path], tmp_path: Path, evaluated: bool,
+                                     capsys: pytest.CaptureFixture) -> None:
+    """--input, --checkpoint and --out only: the flow section comes from final.pt, the evaluate section from
+    the workflow's metrics.json beside it (else the method's settings at the training size); the video gets
+    overlay.mp4 with one frame per input frame."""
+    checkpoint = tmp_path / "results/train/ours/final.pt"
+    checkpoint.parent.mkdir(parents=True)
+    save_final(checkpoint, flow_params=FLOW, train_params={"min_sizes": [48, 64], "max_size": 96})
+    if evaluated:
+        metrics = tmp_path / "results/eval/ours/metrics.json"
+        metrics.parent.mkdir(parents=True)
+        metrics.write_text(json.dumps({"evaluate_params": EVALUATE}))
+    out = tmp_path / "predictions"
+    main(["--input", str(inputs["video"]), "--checkpoint", str(checkpoint), "--out", str(out), "--device", "cpu"])
+    log = capsys.readouterr().err
+    source = "results/eval/ours/metrics.json" if evaluated else "the method's settings"
+    assert source in log and "min_size=64" in log, log[-2000:]
+    capture = cv2.VideoCapture(str(out / "overlay.mp4"))
+    frames = 0
+    while capture.read()[0]:
+        frames += 1
+    assert frames == len(synthetic_frames()) == len(json.loads((out / "images.json").read_text())["images"])
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary file left

@@ -38,6 +38,7 @@ rule train:
     params:
         model=experiment_model,
         train=section("train"),
+        flow=section("flow"),  # kept in final.pt for predict; a flow edit retrains anyway (new stores)
         frames=frames_dir(),
     log:
         "logs/train/{exp}.log",
@@ -56,4 +57,4 @@ rule train:
         "python -m model.launch --gpus {resources.gpu} --threads {threads} --"
         " --model-params {params.model:q} --train-params {params.train:q} --index {input.index:q}"
         " --frames {params.frames:q} --flow results/flow --affinity results/affinity"
-        " --out results/train/{wildcards.exp} 2> {log:q}"
+        " --flow-params {params.flow:q} --out results/train/{wildcards.exp} 2> {log:q}"
