@@ -1,8 +1,10 @@
-"""The workflow as users run it: lint clean, and dry runs that build the whole DAG (default and paper configs)."""
+"""The workflow as users run it: lint and snakefmt clean, and dry runs that build the whole DAG (default and paper configs)."""
 
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -14,6 +16,13 @@ from smk import FIGURES, REPO, dry_run_with, planned_jobs, snakemake
 def test_lint_is_clean(tmp_path: Path) -> None:
     """`snakemake --lint` reports nothing."""
     run = snakemake(tmp_path, "--lint")
+    assert run.returncode == 0, run.stdout + run.stderr
+
+
+def test_snakefmt_is_clean() -> None:
+    """`snakefmt --check` on the Snakefile and every rule file (the formatting the catalogue's workflows keep)."""
+    files = [REPO / "Snakefile", *sorted((REPO / "workflow").rglob("*.smk")), *sorted((REPO / "tests").rglob("*.smk"))]
+    run = subprocess.run([sys.executable, "-m", "snakefmt", "--check", *map(str, files)], capture_output=True, text=True)
     assert run.returncode == 0, run.stdout + run.stderr
 
 

@@ -8,18 +8,18 @@ rule affinity:
         flow=flow_store("{k}"),
     output:
         directory("results/affinity/shard_{k}.zarr"),
-    params:
-        cfg=section("affinity"),
-        root=root_of_input,
-        annotations=annotations_in_root,
     log:
         stderr="logs/affinity/shard_{k}.log",
         summary="logs/affinity/shard_{k}.json",
     wildcard_constraints:
         k=r"\d+",
-    threads: 1
     conda:
         "../../envs/data.yaml"
+    threads: 1
+    params:
+        cfg=section("affinity"),
+        root=root_of_input,
+        annotations=annotations_in_root,
     shell:
         "python -m pipeline.affinity --root {params.root:q} --annotations {params.annotations:q}"
         " --shard {wildcards.k} --flow {input.flow:q} --params {params.cfg:q} --out {output:q}"

@@ -17,7 +17,9 @@ def section(*keys):
 def inference_section():
     """The evaluate section without its subsets part (rules evaluate, figure_activations), as canonical JSON:
     editing subset AP settings does not rerun inference."""
-    return json.dumps({k: v for k, v in config["evaluate"].items() if k != "subsets"}, sort_keys=True)
+    return json.dumps(
+        {k: v for k, v in config["evaluate"].items() if k != "subsets"}, sort_keys=True
+    )
 
 
 def synthetic_annotations():
@@ -57,7 +59,9 @@ def num_videos():
         return config["dataset"]["synthetic"]["videos"]
     frames_dir = os.path.join(config["dataset"]["root"], "JPEGImages")
     if not os.path.isdir(frames_dir):
-        raise WorkflowError(f"dataset.root: {frames_dir} is not a folder (expected YouTube-VIS 2019 train)")
+        raise WorkflowError(
+            f"dataset.root: {frames_dir} is not a folder (expected YouTube-VIS 2019 train)"
+        )
     return sum(1 for entry in os.scandir(frames_dir) if entry.is_dir())
 
 
@@ -78,13 +82,19 @@ def flow_stores():
 
 def gma_checkpoint_if_used():
     """The configured GMA checkpoint when flow.estimator is gma (rule gma_checkpoint fetches it), else none."""
-    return [config["flow"]["gma"]["checkpoint"]] if config["flow"]["estimator"] == "gma" else []
+    return (
+        [config["flow"]["gma"]["checkpoint"]]
+        if config["flow"]["estimator"] == "gma"
+        else []
+    )
 
 
 def experiment_model(wildcards):
     """The model section with experiment `wildcards.exp`'s overrides (checked when the workflow started), as
     canonical JSON (rule train's params)."""
-    return json.dumps(pipeline.config.experiment_model(config, wildcards.exp), sort_keys=True)
+    return json.dumps(
+        pipeline.config.experiment_model(config, wildcards.exp), sort_keys=True
+    )
 
 
 def affinity_store(k):
@@ -101,13 +111,18 @@ def final_targets():
     """What `snakemake` with no target builds."""
     targets = ["results/split/summary.json", "results/tables"]
     if not config["dataset"]["root"]:
-        targets.append("results/flow/quality.json")  # the flow estimator scored on synthetic ground truth
+        targets.append(
+            "results/flow/quality.json"
+        )  # the flow estimator scored on synthetic ground truth
     return targets + figure_targets()  # the report's figures (report.smk)
 
 
 def experiment_of_row(row):
     """The first experiment (config order) reproducing the paper's row `row`, or None."""
-    return next((name for name, exp in config["experiments"].items() if exp["paper"] == row), None)
+    return next(
+        (name for name, exp in config["experiments"].items() if exp["paper"] == row),
+        None,
+    )
 
 
 def figure_targets():

@@ -8,12 +8,12 @@ rule synthetic:
         annotations="results/synthetic/train.json",
         frames=directory("results/synthetic/JPEGImages"),
         flow_gt=directory("results/synthetic/flow_gt"),
-    params:
-        cfg=section("dataset", "synthetic"),
     log:
         "logs/synthetic/synthetic.log",
     conda:
         "../../envs/data.yaml"
+    params:
+        cfg=section("dataset", "synthetic"),
     shell:
         "python -m pipeline.synthetic --params {params.cfg:q} --out results/synthetic 2> {log:q}"
 
@@ -28,12 +28,12 @@ rule split:
         train_val="results/split/train_val.json",
         train_val_coco="results/split/train_val_coco.json",
         summary="results/split/summary.json",
-    params:
-        cfg=section("split"),
-        root=root_of_input,
     log:
         "logs/split/split.log",
     conda:
         "../../envs/data.yaml"
+    params:
+        cfg=section("split"),
+        root=root_of_input,
     shell:
         "python -m pipeline.split --root {params.root:q} --params {params.cfg:q} --out-dir results/split 2> {log:q}"

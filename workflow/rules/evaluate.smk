@@ -11,17 +11,17 @@ rule evaluate:
     output:
         metrics="results/eval/{exp}/metrics.json",
         results="results/eval/{exp}/coco_results.json",
+    log:
+        "logs/evaluate/{exp}.log",
+    conda:
+        "../../envs/train.yaml"
+    threads: 2
+    resources:
+        mem_mb=4000,
     params:
         cfg=inference_section(),
         frames=frames_dir(),
         dataset=config["dataset"]["root"] or "synthetic camouflage",
-    log:
-        "logs/evaluate/{exp}.log",
-    threads: 2
-    resources:
-        mem_mb=4000,
-    conda:
-        "../../envs/train.yaml"
     shell:
         "python -m model.evaluate --checkpoint {input.checkpoint:q} --index {input.index:q} --gt {input.gt:q}"
         " --frames {params.frames:q} --flow results/flow --params {params.cfg:q} --experiment {wildcards.exp}"
@@ -36,14 +36,14 @@ rule object_motion:
         flow=flow_stores(),
     output:
         "results/eval/object_motion.json",
-    params:
-        ring_px=config["evaluate"]["subsets"]["ring_px"],
     log:
         "logs/evaluate/object_motion.log",
-    resources:
-        mem_mb=2000,
     conda:
         "../../envs/train.yaml"
+    resources:
+        mem_mb=2000,
+    params:
+        ring_px=config["evaluate"]["subsets"]["ring_px"],
     shell:
         "python -m model.object_motion --gt {input.gt:q} --flow {input.flow:q} --ring-px {params.ring_px}"
         " --out {output:q} 2> {log:q}"
@@ -60,14 +60,14 @@ rule subset_ap:
         camouflage=synthetic_annotations(),
     output:
         "results/eval/{exp}/subsets.json",
-    params:
-        cfg=section("evaluate", "subsets"),
     log:
         "logs/evaluate/subset_ap_{exp}.log",
-    resources:
-        mem_mb=2000,
     conda:
         "../../envs/train.yaml"
+    resources:
+        mem_mb=2000,
+    params:
+        cfg=section("evaluate", "subsets"),
     shell:
         "python -m model.subsets --gt {input.gt:q} --results {input.results:q} --metrics {input.metrics:q}"
         " --motion {input.motion:q} --camouflage {input.camouflage:q} --params {params.cfg:q} --out {output:q}"
@@ -78,16 +78,20 @@ rule tables:
     """The paper's tables 1-4 with this run's numbers and intervals beside the paper's, per-class AP, and the
     subset comparison."""
     input:
-        metrics=expand("results/eval/{exp}/metrics.json", exp=list(config["experiments"])),
-        subsets=expand("results/eval/{exp}/subsets.json", exp=list(config["experiments"])),
+        metrics=expand(
+            "results/eval/{exp}/metrics.json", exp=list(config["experiments"])
+        ),
+        subsets=expand(
+            "results/eval/{exp}/subsets.json", exp=list(config["experiments"])
+        ),
     output:
         directory("results/tables"),
-    params:
-        experiments=section("experiments"),
     log:
         "logs/tables/tables.log",
     conda:
         "../../envs/train.yaml"
+    params:
+        experiments=section("experiments"),
     shell:
         "python -m model.tables --experiments {params.experiments:q} --metrics {input.metrics:q}"
         " --subsets {input.subsets:q} --out-dir {output:q} 2> {log:q}"

@@ -16,7 +16,11 @@ rule figure_tables:
     input:
         "results/tables",
     output:
-        report("results/figures/tables.html", caption="../report/tables.rst", category="Tables"),
+        report(
+            "results/figures/tables.html",
+            caption="../report/tables.rst",
+            category="Tables",
+        ),
     log:
         "logs/figures/tables.log",
     conda:
@@ -30,14 +34,17 @@ rule figure_training_curves:
     input:
         final=expand("results/train/{exp}/final.pt", exp=list(config["experiments"])),
     output:
-        report("results/figures/training_curves.png", caption="../report/training_curves.rst",
-               category="Training"),
-    params:
-        experiments=section("experiments"),
+        report(
+            "results/figures/training_curves.png",
+            caption="../report/training_curves.rst",
+            category="Training",
+        ),
     log:
         "logs/figures/training_curves.log",
     conda:
         "../../envs/train.yaml"
+    params:
+        experiments=section("experiments"),
     shell:
         "python -m model.figures curves --final {input.final:q} --experiments {params.experiments:q}"
         " --out {output:q} 2> {log:q}"
@@ -50,7 +57,11 @@ if not config["dataset"]["root"]:
         input:
             "results/flow/quality.json",
         output:
-            report("results/figures/flow_quality.png", caption="../report/flow_quality.rst", category="Flow"),
+            report(
+                "results/figures/flow_quality.png",
+                caption="../report/flow_quality.rst",
+                category="Flow",
+            ),
         log:
             "logs/figures/flow_quality.log",
         conda:
@@ -66,28 +77,44 @@ if experiment_of_row("boxinst_r50") and experiment_of_row("ours_r50"):
         input:
             gt="results/split/train_val_coco.json",
             index="results/index/train_val.h5",
-            results=[f"results/eval/{experiment_of_row(row)}/coco_results.json" for row in ("boxinst_r50", "ours_r50")],
-            metrics=[f"results/eval/{experiment_of_row(row)}/metrics.json" for row in ("boxinst_r50", "ours_r50")],
+            results=[
+                f"results/eval/{experiment_of_row(row)}/coco_results.json"
+                for row in ("boxinst_r50", "ours_r50")
+            ],
+            metrics=[
+                f"results/eval/{experiment_of_row(row)}/metrics.json"
+                for row in ("boxinst_r50", "ours_r50")
+            ],
         output:
-            report("results/figures/fig1_masks.png", caption="../report/fig1_masks.rst", category="Qualitative"),
-        params:
-            frames=frames_dir(),
-            experiments=section("experiments"),
+            report(
+                "results/figures/fig1_masks.png",
+                caption="../report/fig1_masks.rst",
+                category="Qualitative",
+            ),
         log:
             "logs/figures/fig1_masks.log",
         conda:
             "../../envs/train.yaml"
+        params:
+            frames=frames_dir(),
+            experiments=section("experiments"),
         shell:
             "python -m model.figures masks --gt {input.gt:q} --index {input.index:q} --frames {params.frames:q}"
             " --results {input.results:q} --experiments {params.experiments:q} --out {output:q} 2> {log:q}"
 
-
     rule figure_subset_ap:
         """BoxInst vs Ours mask and box AP per object subset, with bootstrap intervals (rule subset_ap)."""
         input:
-            [f"results/eval/{experiment_of_row(row)}/subsets.json" for row in ("boxinst_r50", "ours_r50")],
+            [
+                f"results/eval/{experiment_of_row(row)}/subsets.json"
+                for row in ("boxinst_r50", "ours_r50")
+            ],
         output:
-            report("results/figures/subset_ap.png", caption="../report/subset_ap.rst", category="Tables"),
+            report(
+                "results/figures/subset_ap.png",
+                caption="../report/subset_ap.rst",
+                category="Tables",
+            ),
         log:
             "logs/figures/subset_ap.log",
         conda:
@@ -105,15 +132,18 @@ if experiment_of_row("ours_r50"):
             index="results/index/train_val.h5",
             flow=flow_stores(),
         output:
-            report("results/figures/fig3_activations.png", caption="../report/fig3_activations.rst",
-                   category="Qualitative"),
-        params:
-            cfg=inference_section(),
-            frames=frames_dir(),
+            report(
+                "results/figures/fig3_activations.png",
+                caption="../report/fig3_activations.rst",
+                category="Qualitative",
+            ),
         log:
             "logs/figures/fig3_activations.log",
         conda:
             "../../envs/train.yaml"
+        params:
+            cfg=inference_section(),
+            frames=frames_dir(),
         shell:
             "python -m model.figures activations --checkpoint {input.checkpoint:q} --index {input.index:q}"
             " --frames {params.frames:q} --flow results/flow --params {params.cfg:q} --out {output:q} 2> {log:q}"

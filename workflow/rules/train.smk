@@ -8,16 +8,16 @@ rule frame_index:
         split="results/split/{split}.json",
     output:
         "results/index/{split}.h5",
-    params:
-        shard_size=section("flow", "shard_size"),
-        root=root_of_input,
     log:
         "logs/frame_index/{split}.log",
     wildcard_constraints:
         split="train_train|train_val",
-    threads: 1
     conda:
         "../../envs/data.yaml"
+    threads: 1
+    params:
+        shard_size=section("flow", "shard_size"),
+        root=root_of_input,
     shell:
         "python -m pipeline.index --root {params.root:q} --split {input.split:q}"
         " --shard-size {params.shard_size} --out {output:q} 2> {log:q}"
@@ -35,15 +35,12 @@ rule train:
         affinity=affinity_stores(),
     output:
         "results/train/{exp}/final.pt",
-    params:
-        model=experiment_model,
-        train=section("train"),
-        flow=section("flow"),  # kept in final.pt for predict; a flow edit retrains anyway (new stores)
-        frames=frames_dir(),
     log:
         "logs/train/{exp}.log",
     wildcard_constraints:
         exp="|".join(config["experiments"]) or "no-experiments",
+    conda:
+        "../../envs/train.yaml"
     # One thread per CPU job: on a small machine the experiments train side by side (the synthetic demo's
     # two fill two cores); the profiles give GPU training its threads (workflow/profiles/).
     threads: 1
@@ -51,8 +48,11 @@ rule train:
         gpu=0,
         mem_mb=8000,
         runtime=60 * 24,
-    conda:
-        "../../envs/train.yaml"
+    params:
+        model=experiment_model,
+        train=section("train"),
+        flow=section("flow"),  # kept in final.pt for predict; a flow edit retrains anyway (new stores)
+        frames=frames_dir(),
     shell:
         "python -m model.launch --gpus {resources.gpu} --threads {threads} --"
         " --model-params {params.model:q} --train-params {params.train:q} --index {input.index:q}"
