@@ -38,7 +38,7 @@ FAST = ("--slurm-init-seconds-before-status-checks", "1")
 def readme_cluster_section() -> tuple[dict[str, str], list[str]]:
     """The variables the README's cluster section exports and its first `snakemake --profile` command line."""
     text = (REPO / "README.md").read_text()
-    section = text.split("\n## Running on a cluster\n")[1].split("\n## ")[0]
+    section = text.split("\n## GPU workstation and cluster\n")[1].split("\n## ")[0]
     env: dict[str, str] = {}
     for line in re.findall(r"^export (.+)$", section, flags=re.M):
         words = shlex.split(line, comments=True)
