@@ -117,12 +117,13 @@ class ResNetBackbone(nn.Module):
     frozen random filters and identity-statistics BN would be meaningless, so every layer trains and the
     norm layers are GroupNorm (32 groups at width 64, as many channels per group at other widths), independent
     of the batch size and of the number of DDP processes. `width` (from scratch only) narrows every stage by
-    width/64 (`narrow_resnet`); 64 is torchvision's network.
+    width/64 (`narrow_resnet`); 64 is torchvision's network. `load` False builds the pretrained layout without
+    reading the weights (a trained model's own weights replace them: evaluate, predict).
     Input of `forward`: (N, 3, H, W) float, already normalised by `normalize`. Output: C3 (N, c3, H/8, W/8),
     C4 (N, c4, H/16, W/16), C5 (N, c5, H/32, W/32) with (c3, c4, c5) = `out_channels`.
     """
 
-    def __init__(self, depth: Depth, weights: str | None, width: int = TORCHVISION_WIDTH):
+    def __init__(self, depth: Depth, weights: str | None, width: int = TORCHVISION_WIDTH, load: bool = True):
         super().__init__()
         if depth not in _BUILDERS:
             raise ValueError(f"model.backbone: {depth!r} is not one of {sorted(_BUILDERS)}")
@@ -133,10 +134,10 @@ class ResNetBackbone(nn.Module):
             net = _BUILDERS[depth][0](weights=None, norm_layer=norm)
         else:
             net = narrow_resnet(depth, width, norm)
-        if weights == "imagenet":
+        if load and weights == "imagenet":
             check_and_load(net, _imagenet_state_dict(depth), f"torchvision {depth} ImageNet weights",
                            _expected(depth))
-        elif weights is not None:
+        elif load and weights is not None:
             check_and_load(net, read_state_dict(weights, _expected(depth)), weights, _expected(depth))
         self.stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)
         self.layer1, self.layer2, self.layer3, self.layer4 = net.layer1, net.layer2, net.layer3, net.layer4

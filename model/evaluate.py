@@ -177,7 +177,7 @@ def read_final(checkpoint: Path) -> Final:
 def model_from_final(final: Final, checkpoint: Path, device: str) -> TwoStreamCondInst:
     """The trained network of `final` (read from `checkpoint`) on `device`, in eval mode; weights that do
     not fit the network its model_params describe raise TorchFileError listing the keys."""
-    model = TwoStreamCondInst(final.params, len(final.category_ids))
+    model = TwoStreamCondInst(final.params, len(final.category_ids), load_weights=False)  # final's weights follow
     mismatch = describe_mismatch(model.state_dict(), final.model)
     if mismatch is not None:
         raise TorchFileError(f"{checkpoint}: the weights under 'model' do not fit the network of its "

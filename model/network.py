@@ -154,7 +154,9 @@ class TwoStreamCondInst(nn.Module):
     H and W multiples of 32. `predict` returns per image `Detections` at `output_sizes`.
     """
 
-    def __init__(self, params: ModelParams, num_classes: int):
+    def __init__(self, params: ModelParams, num_classes: int, load_weights: bool = True):
+        """`load_weights` False: the backbone's pretrained weights (model.weights) are not read, for a network
+        whose trained weights are loaded next (evaluate, predict, figures)."""
         super().__init__()
         if num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
@@ -164,7 +166,7 @@ class TwoStreamCondInst(nn.Module):
         self.mask_levels = params.mask_in_features
         self.mask_stride = STRIDES[params.mask_in_features[0]]
         ch = params.fpn_channels
-        self.backbone = ResNetBackbone(params.backbone, params.weights, params.backbone_width)
+        self.backbone = ResNetBackbone(params.backbone, params.weights, params.backbone_width, load_weights)
         self.fpn_image = FPN(self.backbone.out_channels, ch, LEVELS)
         flow_levels = (LEVELS if params.flow_for_detection else ()) + \
             (self.mask_levels if params.flow_for_mask else ())

@@ -283,3 +283,21 @@ def test_one_line_predict_on_a_video(inputs: dict[str, Path], tmp_path: Path, ev
         frames += 1
     assert frames == len(synthetic_frames()) == len(json.loads((out / "images.json").read_text())["images"])
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary file left
+
+
+def test_trained_model_loads_without_its_pretrained_weights(tmp_path: Path) -> None:
+    """A final.pt trained from ImageNet weights (model.weights a path, gone since) loads for evaluation and
+    predict: the backbone file is not read again, the trained weights fill the frozen-BN layout."""
+    raw = {**json.loads(TINY_MODEL.read_text()), "weights": str(tmp_path / "gone" / "resnet18.pth")}
+    params = params_from_json(ModelParams, json.dumps(raw), "tiny_model.json")
+    with pytest.raises(FileNotFoundError, match="resnet18.pth"):
+        TwoStreamCondInst(params, len(CATEGORY_IDS))
+    torch.manual_seed(0)
+    trained = TwoStreamCondInst(params, len(CATEGORY_IDS), load_weights=False)
+    path = tmp_path / "final.pt"
+    torch.save({"model": trained.state_dict(), "model_params": raw, "train_params": {}, "step": 0,
+                "num_classes": len(CATEGORY_IDS), "category_ids": CATEGORY_IDS, "category_names": CATEGORY_NAMES},
+               path)
+    model, _ = load_checkpoint(path, "cpu")
+    state = model.state_dict()
+    assert all(torch.equal(state[k], v) for k, v in trained.state_dict().items())
