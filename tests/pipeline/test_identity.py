@@ -18,6 +18,7 @@ from pipeline.identity import (DIGEST_ATTR, STORE_METADATA, digest_parts, h5_dig
 from pipeline.synthetic import SyntheticParams, write_dataset
 
 FLOW = {"estimator": "dis", "shard_size": 2, "gma": {"checkpoint": "absent.pth", "iters": 1, "dtype": "float32"},
+        "raft": {"model": "small", "weights": "C_T_V2", "iters": 2},
         "dis": {"preset": "ultrafast"}}
 AFFINITY = {"theta_color": 2.0, "tau_color": 0.3, "theta_flow": 0.5, "tau_flow": 0.6, "bottom_rows": 4}
 
