@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
+import logging
 from typing import Any, Literal
 
 import numpy as np
@@ -17,6 +18,7 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+log = logging.getLogger("mowis.coco_eval")
 STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 IouType = Literal["segm", "bbox"]
 NO_MASKS = "no mask AP: the ground truth has boxes only (a boxes-only dataset); box AP is the measure"
@@ -116,9 +118,11 @@ def evaluate_results(coco_gt: COCO, results: list[dict[str, Any]],
     """
     cat_names = {c["id"]: c["name"] for c in coco_gt.dataset["categories"]}
     ev = evaluated(coco_gt, results, iou_type)
-    with contextlib.redirect_stdout(io.StringIO()):
+    summary = io.StringIO()
+    with contextlib.redirect_stdout(summary):
         ev.accumulate()
         ev.summarize()
+    log.info("COCOeval %s, %d detections:\n%s", iou_type, len(results), summary.getvalue().rstrip())
     stats = {name: (float(100 * ev.stats[i]) if ev.stats[i] >= 0 else None) for i, name in enumerate(STAT_NAMES)}
     # precision: (T iou thresholds, R recall points, K classes, A area ranges, M max dets); area "all", 100 dets
     precision = ev.eval["precision"][:, :, :, 0, -1]

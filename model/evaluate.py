@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,14 +22,16 @@ import numpy as np
 import pycocotools.mask as mask_utils
 import torch
 from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
 
 from model.coco_eval import NO_MASKS, evaluate_results, has_masks, iou_types, load_coco, unscored
 from model.data import ShardStores, pad_images, padded_size, resized_shape
 from model.network import Detections, ModelParams, TwoStreamCondInst
 from pipeline.io import params_from_json, setup_logging, write_json_atomic
+from pipeline.progress import progress_bar
 from pipeline.torch_files import TorchFileError, as_state_dict, describe_mismatch, load_torch_file
 from pipeline.ytvis import read_frame
+
+log = logging.getLogger("mowis.evaluate")
 
 
 @dataclass(frozen=True)
@@ -198,7 +201,9 @@ def predict_split(model: TwoStreamCondInst, category_ids: list[int], frames: Eva
     """COCO results for every frame of `frames`; `image_ids` maps (video_id, frame_index) to the COCO id."""
     loader = DataLoader(frames, batch_size=batch_size, num_workers=workers, collate_fn=pad_batch)
     results: list[dict[str, Any]] = []
-    for batch in tqdm(loader, desc="evaluate", unit="batch", dynamic_ncols=True):
+    log.info("predicting %d frames in %d batches", len(frames), len(loader))
+    for batch in progress_bar(len(loader), "evaluate", unit="batch", every=max(len(loader) // 10, 1),
+                              iterable=loader):
         flows = batch["flows"].to(device) if batch["flows"] is not None else None
         dets = model.predict(batch["images"].to(device), flows, batch["image_sizes"], batch["output_sizes"],
                              params.score_thresh, params.nms_thresh, params.topk_per_level, params.max_dets,
@@ -228,15 +233,18 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     args = ap.parse_args(argv)
-    log = setup_logging()
+    setup_logging()
     params = params_from_json(EvaluateParams, args.params, "evaluate")
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     gt = read_ground_truth(args.gt)
+    log.info("ground truth %s: %d frames, %d objects; model %s on %s", args.gt, len(gt["images"]),
+             len(gt["annotations"]), args.checkpoint, device)
     model, category_ids = load_trained(args.checkpoint, device)
     image_ids = {(img["video_id"], img["frame_index"]): img["id"] for img in gt["images"]}
     frames = EvalFrames(args.index, args.frames, args.flow if model.params.two_stream else None,
                         params.min_size, params.max_size)
     results = predict_split(model, category_ids, frames, image_ids, params, device, args.batch_size, args.workers)
+    log.info("%d detections; scoring them with COCOeval", len(results))
     coco_gt = load_coco(gt)
     metrics = {"experiment": args.experiment, "dataset": args.dataset, "checkpoint": str(args.checkpoint),
                "backbone": model.params.backbone, "frames": len(frames), "evaluate_params": json.loads(args.params),

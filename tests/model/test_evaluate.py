@@ -85,3 +85,23 @@ def test_bad_input_fails_evaluation_naming_it_and_writes_nothing(tiny_data: dict
               "--results", str(out / "results.json"), "--batch-size", "12", "--workers", "0", "--device", "cpu"])
     assert expected in str(err.value)
     assert not out.exists() and leftovers(tmp_path) == []
+
+
+def test_evaluation_logs_its_phases_and_cocoeval_summary(tiny_data: dict, two_stream_final: Path, tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture) -> None:
+    """The log names each phase (ground truth, prediction, scoring) and keeps COCOeval's summary for both IoU
+    types; metrics.json records the evaluate section it used (predict reads it back)."""
+    dataset = load_ytvis(tiny_data["root"], check_files=False)
+    gt = tmp_path / "gt.json"
+    gt.write_text(json.dumps(to_coco(dataset, [v.id for v in dataset.videos])))
+    out = tmp_path / "eval"
+    main(["--checkpoint", str(two_stream_final), "--index", str(tiny_data["index"]), "--gt", str(gt),
+          "--frames", str(tiny_data["frames"]), "--flow", str(tiny_data["flow"]), "--params", json.dumps(EVALUATE),
+          "--experiment", "tiny", "--dataset", "tiny", "--out", str(out / "metrics.json"),
+          "--results", str(out / "results.json"), "--batch-size", "12", "--workers", "0", "--device", "cpu"])
+    log = capsys.readouterr().err
+    for phase in ("ground truth", "predicting", "scoring them with COCOeval", "COCOeval segm", "COCOeval bbox"):
+        assert phase in log, phase
+    assert log.count("Average Precision  (AP) @[ IoU=0.50:0.95 | area=   all") == 2
+    assert "\r" not in log
+    assert json.loads((out / "metrics.json").read_text())["evaluate_params"] == EVALUATE
