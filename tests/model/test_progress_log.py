@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from model.train import RunPaths, train
+from pipeline.io import setup_logging
 from test_ddp import ProbeNet, tiny_params
 
 
@@ -15,6 +16,7 @@ from test_ddp import ProbeNet, tiny_params
 def test_training_log_has_a_line_per_interval(tiny_data: dict, tmp_path: Path,
                                               capsys: pytest.CaptureFixture) -> None:
     """1,000 steps of a small net on the tiny data, a line every 50 steps: 21 progress lines, no '\\r'."""
+    setup_logging()  # as model.train's CLI does: log records go to this test's stderr, not an earlier test's
     params = tiny_params(iters=1000, checkpoint_every=1000, warmup_iters=1, steps=[900], amp="fp32", batch_size=1,
                          base_batch=1, min_sizes=[32], max_size=64)
     paths = RunPaths(index=tiny_data["index"], frames=tiny_data["frames"], flow=tiny_data["flow"],
