@@ -11,6 +11,7 @@ from urllib.error import URLError
 
 import torch
 import torchvision
+from torchvision.models import WeightsEnum
 from torch import Tensor, nn
 from torchvision.models.resnet import BasicBlock, Bottleneck
 from torchvision.ops.misc import FrozenBatchNorm2d
@@ -39,15 +40,20 @@ _BLOCKS = {"resnet18": (BasicBlock, (2, 2, 2, 2)), "resnet34": (BasicBlock, (3, 
 TORCHVISION_WIDTH = 64  # channels of the stem and layer1 in torchvision's ResNets (and the ImageNet weights)
 
 
+def imagenet_weights(depth: Depth) -> WeightsEnum:
+    """torchvision's ImageNet weights entry of `depth` (its url and metadata, e.g. `meta["_ops"]`)."""
+    return _BUILDERS[depth][1]
+
+
 def imagenet_cache_path(depth: Depth) -> Path:
     """Where torchvision's weights API looks for (and downloads) the ImageNet file of `depth`."""
-    weights = _BUILDERS[depth][1]
+    weights = imagenet_weights(depth)
     return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(weights.url)
 
 
 def _imagenet_state_dict(depth: Depth) -> dict[str, Tensor]:
     """ImageNet weights through torchvision's weights API (cache first, download when online)."""
-    weights = _BUILDERS[depth][1]
+    weights = imagenet_weights(depth)
     try:
         return weights.get_state_dict(progress=False, check_hash=False)
     except (URLError, OSError, RuntimeError) as err:

@@ -11,18 +11,16 @@ months, the synthetic demo to minutes.
 
 from __future__ import annotations
 
-import torchvision.models as tvm
+from model.backbone import imagenet_weights
 
 CPU_GFLOPS = 100.0
 CPU_HOURS_LIMIT = 48.0
 ALLOW_CPU = "MOWIS_ALLOW_CPU"
-_WEIGHTS = {"resnet18": tvm.ResNet18_Weights, "resnet34": tvm.ResNet34_Weights,
-            "resnet50": tvm.ResNet50_Weights, "resnet101": tvm.ResNet101_Weights}
 
 
 def training_gflop(model: dict, train: dict) -> float:
     """Backbone GFLOP of the whole run: iters × batch × 3 (fwd + bwd) × streams × ops(224²) × pixels / 224²."""
-    ops = _WEIGHTS[model["backbone"]].IMAGENET1K_V1.meta["_ops"]
+    ops = imagenet_weights(model["backbone"]).meta["_ops"]
     short = sum(train["min_sizes"]) / len(train["min_sizes"])
     pixels = short * min(train["max_size"], short * 16 / 9)
     streams = 2 if model["two_stream"] else 1

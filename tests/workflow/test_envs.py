@@ -8,6 +8,7 @@ as pipeline.flow's torch for GMA, which the affinity rule never calls)."""
 from __future__ import annotations
 
 import ast
+import functools
 import importlib.metadata
 import re
 import sys
@@ -79,6 +80,12 @@ def imported_modules(name: str, seen: set[str] | None = None, entry: bool = True
     return found
 
 
+@functools.cache
+def distributions() -> dict[str, list[str]]:
+    """Top-level module -> distributions installed here (read once: the metadata walk is slow)."""
+    return importlib.metadata.packages_distributions()
+
+
 def normalise(dist: str) -> str:
     """A distribution name in PEP 503 form."""
     return re.sub(r"[-_.]+", "-", dist).lower()
@@ -109,7 +116,7 @@ def test_rule_env_has_what_its_modules_import(rule: str) -> None:
     block = RULES[rule]
     env = re.search(r'conda:\s*"([^"]+)"', block).group(1)
     have = env_packages((REPO / "workflow/rules" / env).resolve())
-    dists = importlib.metadata.packages_distributions()
+    dists = distributions()
     commands = re.findall(r"python -m ([\w.]+)", block)
     assert commands, f"rule {rule}: no `python -m` command"
     commands += [started for m in commands for started in STARTS.get(m, [])]
