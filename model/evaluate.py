@@ -5,6 +5,11 @@ train_val index (flow from the flow stores, never recomputed), writes the detect
 file (compressed-RLE masks, XYWH boxes, scores) and scores them with pycocotools against
 `train_val_coco.json`: AP, AP50, AP75, APs, APm, APl for `segm` and `bbox`, and per-class AP, into
 `metrics.json`.
+
+The masks are thresholded and laid out in column-major uint8 on the model's device (fortran_masks); one
+background thread RLE-encodes them while the next batch is predicted and streams the results to a temporary
+file (ResultsFile), renamed once scored: no result list grows in memory during inference, and an interrupted
+run leaves no results file.
 """
 
 from __future__ import annotations
@@ -12,9 +17,11 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import cv2
 import h5py
@@ -26,7 +33,7 @@ from torch.utils.data import DataLoader, Dataset
 from model.coco_eval import NO_MASKS, evaluate_results, has_masks, iou_types, load_coco, unscored
 from model.data import ShardStores, pad_images, padded_size, resized_shape
 from model.network import Detections, ModelParams, TwoStreamCondInst
-from pipeline.io import params_from_json, setup_logging, write_json_atomic
+from pipeline.io import atomic_file, params_from_json, setup_logging, write_json_atomic
 from pipeline.progress import progress_bar
 from pipeline.torch_files import TorchFileError, as_state_dict, describe_mismatch, load_torch_file
 from pipeline.ytvis import read_frame
@@ -92,17 +99,58 @@ def pad_batch(items: list[dict[str, Any]]) -> dict[str, Any]:
             "keys": [(it["video_id"], it["frame_index"]) for it in items]}
 
 
-def to_coco_results(det: Detections, image_id: int, category_ids: list[int]) -> list[dict[str, Any]]:
-    """One image's detections as COCO results: XYWH boxes, compressed-RLE masks, dataset category ids."""
-    masks = det.masks.cpu().numpy().astype(np.uint8)  # (D, H, W)
-    rles = mask_utils.encode(np.asfortranarray(masks.transpose(1, 2, 0))) if len(masks) else []
+def column_major(masks: torch.Tensor) -> torch.Tensor:
+    """(D, H, W) bool masks as (D, W, H) uint8, contiguous, on their device: each mask's column-major bytes."""
+    return masks.transpose(1, 2).contiguous().view(torch.uint8)
+
+
+def fortran_masks(masks: torch.Tensor) -> np.ndarray:
+    """(D, H, W) bool masks as the (H, W, D) uint8 Fortran-ordered array pycocotools.mask.encode reads, laid out
+    where the masks are: by torch on a GPU (the host gets a ready buffer), by OpenCV's blocked transpose on
+    the CPU (≈3× faster there than torch's or numpy's strided copy; benchmarks/evaluate.py)."""
+    d, h, w = masks.shape
+    if masks.device.type != "cpu":
+        by_column = column_major(masks).cpu().numpy()  # (D, W, H)
+    else:
+        rows = masks.contiguous().view(torch.uint8).numpy()  # (D, H, W)
+        by_column = np.empty((d, w, h), np.uint8)
+        for src, dst in zip(rows, by_column):
+            cv2.transpose(src, dst)
+    return by_column.transpose(2, 1, 0)  # (H, W, D) view of the same memory, Fortran-contiguous
+
+
+@dataclass(frozen=True)
+class HostDetections:
+    """One image's detections copied to the host, ready for RLE encoding off the main thread."""
+
+    image_id: int
+    boxes_xyxy: list[list[float]]
+    scores: list[float]
+    classes: list[int]
+    masks: np.ndarray  # (H, W, D) uint8, Fortran order (fortran_masks)
+
+
+def to_host(det: Detections, image_id: int) -> HostDetections:
+    """`det` on the host: boxes, scores and classes as lists, masks laid out for RLE on their device."""
+    return HostDetections(image_id, det.boxes_xyxy.cpu().tolist(), det.scores.cpu().tolist(),
+                          det.classes.cpu().tolist(), fortran_masks(det.masks))
+
+
+def coco_results(host: HostDetections, category_ids: list[int]) -> list[dict[str, Any]]:
+    """One image's detections as COCO results: XYWH boxes, compressed-RLE masks, dataset category ids. Each mask
+    is encoded by its own call: pycocotools' encode holds the GIL, and between calls the main thread gets it."""
     out = []
-    for box, score, cls, rle in zip(det.boxes_xyxy.cpu().tolist(), det.scores.cpu().tolist(),
-                                    det.classes.cpu().tolist(), rles):
+    for i, (box, score, cls) in enumerate(zip(host.boxes_xyxy, host.scores, host.classes)):
+        rle = mask_utils.encode(host.masks[:, :, i:i + 1])[0]
         rle["counts"] = rle["counts"].decode("ascii")
-        out.append({"image_id": image_id, "category_id": int(category_ids[cls]), "score": float(score),
+        out.append({"image_id": host.image_id, "category_id": int(category_ids[cls]), "score": float(score),
                     "bbox": [box[0], box[1], box[2] - box[0], box[3] - box[1]], "segmentation": rle})
     return out
+
+
+def to_coco_results(det: Detections, image_id: int, category_ids: list[int]) -> list[dict[str, Any]]:
+    """One image's detections as COCO results (coco_results of to_host), in the calling thread."""
+    return coco_results(to_host(det, image_id), category_ids)
 
 
 def read_ground_truth(path: Path) -> dict[str, Any]:
@@ -195,12 +243,50 @@ def load_trained(checkpoint: Path, device: str) -> tuple[TwoStreamCondInst, list
     return model_from_final(final, checkpoint, device), final.category_ids
 
 
-def predict_split(model: TwoStreamCondInst, category_ids: list[int], frames: EvalFrames,
-                  image_ids: dict[tuple[int, int], int], params: EvaluateParams, device: str,
-                  batch_size: int, workers: int) -> list[dict[str, Any]]:
-    """COCO results for every frame of `frames`; `image_ids` maps (video_id, frame_index) to the COCO id."""
+class ResultsFile:
+    """COCO results streamed to an open file as one JSON array, a result per line: one background thread encodes
+    each image's masks and appends its results in submission order while the caller predicts the next frames;
+    at most `pending` images wait (host memory stays bounded, nothing accumulates)."""
+
+    def __init__(self, file: BinaryIO, category_ids: list[int], pending: int = 4):
+        self.file, self.category_ids, self.pending = file, category_ids, pending
+        self.count = 0  # results written so far (the writer thread's, exact once closed)
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="coco-rle")
+        self._queued: deque[Future] = deque()
+        file.write(b"[")
+
+    def __enter__(self) -> ResultsFile:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, *_: Any) -> None:
+        """Close the array after every queued image is written; on an error drop what is still queued."""
+        try:
+            if kind is None:
+                while self._queued:
+                    self._queued.popleft().result()
+                self.file.write(b"\n]\n" if self.count else b"]\n")
+        finally:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def add(self, host: HostDetections) -> None:
+        """Queue one image's detections; waits while `pending` images are queued, and re-raises a failed write."""
+        while len(self._queued) >= self.pending or (self._queued and self._queued[0].done()):
+            self._queued.popleft().result()
+        self._queued.append(self._pool.submit(self._write, host))
+
+    def _write(self, host: HostDetections) -> None:
+        """Encode and append one image's results (runs in the writer thread, one image at a time)."""
+        for result in coco_results(host, self.category_ids):
+            self.file.write(b"\n" if self.count == 0 else b",\n")
+            self.file.write(json.dumps(result).encode())
+            self.count += 1
+
+
+def predict_split(model: TwoStreamCondInst, frames: EvalFrames, image_ids: dict[tuple[int, int], int],
+                  params: EvaluateParams, device: str, batch_size: int, workers: int, out: ResultsFile) -> None:
+    """Predict every frame of `frames` and stream its COCO results to `out`; `image_ids` maps (video_id,
+    frame_index) to the COCO image id."""
     loader = DataLoader(frames, batch_size=batch_size, num_workers=workers, collate_fn=pad_batch)
-    results: list[dict[str, Any]] = []
     log.info("predicting %d frames in %d batches", len(frames), len(loader))
     for batch in progress_bar(len(loader), "evaluate", unit="batch", every=max(len(loader) // 10, 1),
                               iterable=loader):
@@ -212,8 +298,7 @@ def predict_split(model: TwoStreamCondInst, category_ids: list[int], frames: Eva
             if key not in image_ids:
                 raise KeyError(f"video {key[0]} frame {key[1]} is in the index but not in the ground truth; "
                                f"rerun rules split and frame_index")
-            results.extend(to_coco_results(det, image_ids[key], category_ids))
-    return results
+            out.add(to_host(det, image_ids[key]))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -243,14 +328,23 @@ def main(argv: list[str] | None = None) -> None:
     image_ids = {(img["video_id"], img["frame_index"]): img["id"] for img in gt["images"]}
     frames = EvalFrames(args.index, args.frames, args.flow if model.params.two_stream else None,
                         params.min_size, params.max_size)
-    results = predict_split(model, category_ids, frames, image_ids, params, device, args.batch_size, args.workers)
-    log.info("%d detections; scoring them with COCOeval", len(results))
-    coco_gt = load_coco(gt)
-    metrics = {"experiment": args.experiment, "dataset": args.dataset, "checkpoint": str(args.checkpoint),
-               "backbone": model.params.backbone, "frames": len(frames), "evaluate_params": json.loads(args.params),
-               **{t: (evaluate_results(coco_gt, results, t) if t in iou_types(gt) else unscored(coco_gt, results, NO_MASKS))
-                  for t in ("segm", "bbox")}}
-    write_json_atomic(args.results, results, indent=None)
+    made_dir = not args.results.parent.exists()
+    try:  # results stream into a temporary file renamed once scored: a failed run leaves none (nor a new folder)
+        with atomic_file(args.results) as streamed:
+            with streamed.open("wb") as f, ResultsFile(f, category_ids) as out:
+                predict_split(model, frames, image_ids, params, device, args.batch_size, args.workers, out)
+            log.info("%d detections streamed to %s; scoring them with COCOeval", out.count, streamed)
+            results = json.loads(streamed.read_bytes())
+            coco_gt = load_coco(gt)
+            metrics = {"experiment": args.experiment, "dataset": args.dataset, "checkpoint": str(args.checkpoint),
+                       "backbone": model.params.backbone, "frames": len(frames),
+                       "evaluate_params": json.loads(args.params),
+                       **{t: (evaluate_results(coco_gt, results, t) if t in iou_types(gt)
+                              else unscored(coco_gt, results, NO_MASKS)) for t in ("segm", "bbox")}}
+    except BaseException:
+        if made_dir and args.results.parent.is_dir() and not any(args.results.parent.iterdir()):
+            args.results.parent.rmdir()
+        raise
     write_json_atomic(args.out, metrics)
     log.info("%s: mask AP %s, box AP %s on %d frames%s", args.experiment, metrics["segm"]["AP"],
              metrics["bbox"]["AP"], len(frames), "" if has_masks(gt) else f" ({NO_MASKS})")

@@ -10,7 +10,9 @@ import pycocotools.mask as mask_utils
 import pytest
 import torch
 
-from model.evaluate import load_trained, main, pad_batch, to_coco_results
+from model.coco_eval import evaluate_results, load_coco
+from model.evaluate import (EvalFrames, EvaluateParams, ResultsFile, column_major, fortran_masks, load_trained, main,
+                            pad_batch, to_coco_results, to_host)
 from model.network import Detections
 from pipeline.split import to_coco
 from pipeline.ytvis import load_ytvis
@@ -105,3 +107,80 @@ def test_evaluation_logs_its_phases_and_cocoeval_summary(tiny_data: dict, two_st
     assert log.count("Average Precision  (AP) @[ IoU=0.50:0.95 | area=   all") == 2
     assert "\r" not in log
     assert json.loads((out / "metrics.json").read_text())["evaluate_params"] == EVALUATE
+
+
+def reference_results(det: Detections, image_id: int, category_ids: list[int]) -> list[dict]:
+    """COCO results the way evaluation made them before it streamed (commit e4d5726): all masks copied to the
+    host, converted with numpy and encoded in one call."""
+    masks = det.masks.numpy().astype(np.uint8)
+    rles = mask_utils.encode(np.asfortranarray(masks.transpose(1, 2, 0))) if len(masks) else []
+    return [{"image_id": image_id, "category_id": category_ids[c], "score": s, "bbox": [b[0], b[1], b[2] - b[0], b[3] - b[1]],
+             "segmentation": {"size": r["size"], "counts": r["counts"].decode()}}
+            for b, s, c, r in zip(det.boxes_xyxy.tolist(), det.scores.tolist(), det.classes.tolist(), rles)]
+
+
+@pytest.mark.parametrize("shape", [(3, 7, 5), (0, 4, 6), (2, 1, 9), (5, 33, 70)])
+def test_fortran_masks_equal_numpy_layout_on_both_routes(shape: tuple[int, int, int]) -> None:
+    """The OpenCV route (CPU) and the torch route (GPU, run here on the CPU) give numpy's Fortran-ordered uint8."""
+    masks = torch.rand(shape, generator=torch.Generator().manual_seed(sum(shape))) > 0.5
+    expected = np.asfortranarray(masks.numpy().astype(np.uint8).transpose(1, 2, 0))
+    out = fortran_masks(masks)
+    assert out.flags.f_contiguous and out.dtype == np.uint8
+    np.testing.assert_array_equal(out, expected)
+    np.testing.assert_array_equal(column_major(masks).numpy().transpose(2, 1, 0), expected)
+
+
+def test_results_file_streams_in_order_and_re_raises_a_failed_write(tmp_path: Path) -> None:
+    """Images written by the background thread come out as one JSON array in submission order (empty: []); a
+    write that fails (a class without a category id) surfaces in the caller."""
+    rng = np.random.default_rng(3)
+    dets = [Detections(torch.tensor([[0.0, 1.0, 4.0, 5.0]] * n), torch.linspace(0.9, 0.1, n),
+                       torch.tensor([i % 2 for i in range(n)]), torch.from_numpy(rng.random((n, 6, 8)) > 0.4))
+            for n in (2, 0, 3, 1)]
+    path = tmp_path / "results.json"
+    with path.open("wb") as f, ResultsFile(f, [3, 5], pending=2) as out:
+        for image_id, det in enumerate(dets):
+            out.add(to_host(det, image_id))
+    assert out.count == 6
+    assert json.loads(path.read_text()) == [r for i, d in enumerate(dets) for r in reference_results(d, i, [3, 5])]
+    with path.open("wb") as f, ResultsFile(f, [3]):
+        pass
+    assert json.loads(path.read_text()) == []
+    with pytest.raises(IndexError), path.open("wb") as f, ResultsFile(f, [3]) as out:
+        for image_id, det in enumerate(dets):
+            out.add(to_host(det, image_id))
+
+
+def test_streamed_evaluation_equals_the_in_memory_one(tiny_data: dict, two_stream_final: Path,
+                                                      tmp_path: Path) -> None:
+    """metrics.json and the results file of `python -m model.evaluate` (device layout, background RLE, results
+    streamed to disk) equal COCOeval on the results built in memory the way evaluation did before."""
+    dataset = load_ytvis(tiny_data["root"], check_files=False)
+    coco = to_coco(dataset, [v.id for v in dataset.videos])
+    gt = tmp_path / "gt.json"
+    gt.write_text(json.dumps(coco))
+    out = tmp_path / "eval"
+    main(["--checkpoint", str(two_stream_final), "--index", str(tiny_data["index"]), "--gt", str(gt),
+          "--frames", str(tiny_data["frames"]), "--flow", str(tiny_data["flow"]), "--params", json.dumps(EVALUATE),
+          "--experiment", "tiny", "--dataset", "tiny", "--out", str(out / "metrics.json"),
+          "--results", str(out / "results.json"), "--batch-size", "3", "--workers", "0", "--device", "cpu"])
+    model, category_ids = load_trained(two_stream_final, "cpu")
+    frames = EvalFrames(tiny_data["index"], tiny_data["frames"], tiny_data["flow"], EVALUATE["min_size"],
+                        EVALUATE["max_size"])
+    image_ids = {(img["video_id"], img["frame_index"]): img["id"] for img in coco["images"]}
+    p = EvaluateParams(**EVALUATE)
+    expected = []
+    for rows in np.array_split(np.arange(len(frames)), range(3, len(frames), 3)):  # evaluation's batches of 3
+        batch = pad_batch([frames[row] for row in rows])
+        dets = model.predict(batch["images"], batch["flows"], batch["image_sizes"], batch["output_sizes"],
+                             p.score_thresh, p.nms_thresh, p.topk_per_level, p.max_dets, p.mask_thresh)
+        for key, det in zip(batch["keys"], dets):
+            expected += reference_results(det, image_ids[key], category_ids)
+    assert len(expected) > len(frames) and any(r["segmentation"]["counts"] != expected[0]["segmentation"]["counts"]
+                                               for r in expected)
+    assert json.loads((out / "results.json").read_text()) == expected
+    metrics = json.loads((out / "metrics.json").read_text())
+    coco_gt = load_coco(coco)
+    for iou_type in ("segm", "bbox"):
+        assert metrics[iou_type] == evaluate_results(coco_gt, expected, iou_type)
+    assert sorted(p.name for p in out.iterdir()) == ["metrics.json", "results.json"]
