@@ -6,8 +6,9 @@ file (compressed-RLE masks, XYWH boxes, scores) and scores them with pycocotools
 `train_val_coco.json`: AP, AP50, AP75, APs, APm, APl for `segm` and `bbox`, and per-class AP, into
 `metrics.json`.
 
-The masks are thresholded and laid out in column-major uint8 on the model's device (fortran_masks); one
-background thread RLE-encodes them while the next batch is predicted and streams the results to a temporary
+The masks are thresholded on the model's device; from a GPU only the positions where their column-major
+pixels change come to the host (mask_runs), on the CPU OpenCV lays them out for pycocotools (fortran_masks);
+one background thread RLE-encodes them while the next batch is predicted and streams the results to a temporary
 file (ResultsFile), renamed once scored: no result list grows in memory during inference, and an interrupted
 run leaves no results file.
 """
@@ -28,6 +29,7 @@ import h5py
 import numpy as np
 import pycocotools.mask as mask_utils
 import torch
+import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from model.coco_eval import NO_MASKS, evaluate_results, has_masks, iou_types, load_coco, unscored
@@ -105,18 +107,44 @@ def column_major(masks: torch.Tensor) -> torch.Tensor:
 
 
 def fortran_masks(masks: torch.Tensor) -> np.ndarray:
-    """(D, H, W) bool masks as the (H, W, D) uint8 Fortran-ordered array pycocotools.mask.encode reads, laid out
-    where the masks are: by torch on a GPU (the host gets a ready buffer), by OpenCV's blocked transpose on
-    the CPU (≈3× faster there than torch's or numpy's strided copy; benchmarks/evaluate.py)."""
+    """(D, H, W) bool masks on the CPU as the (H, W, D) uint8 Fortran-ordered array pycocotools.mask.encode
+    reads, transposed by OpenCV (≈3× faster than torch's or numpy's strided copy; benchmarks/evaluate.py)."""
     d, h, w = masks.shape
-    if masks.device.type != "cpu":
-        by_column = column_major(masks).cpu().numpy()  # (D, W, H)
-    else:
-        rows = masks.contiguous().view(torch.uint8).numpy()  # (D, H, W)
-        by_column = np.empty((d, w, h), np.uint8)
-        for src, dst in zip(rows, by_column):
-            cv2.transpose(src, dst)
+    rows = masks.contiguous().view(torch.uint8).numpy()  # (D, H, W)
+    by_column = np.empty((d, w, h), np.uint8)
+    for src, dst in zip(rows, by_column):
+        cv2.transpose(src, dst)
     return by_column.transpose(2, 1, 0)  # (H, W, D) view of the same memory, Fortran-contiguous
+
+
+@dataclass(frozen=True)
+class MaskRuns:
+    """Binary masks as the positions where their column-major pixels change value (a pixel before the first is
+    taken as 0): what a GPU hands over instead of the masks, a few KB instead of D·H·W bytes."""
+
+    height: int
+    width: int
+    count: int  # masks
+    mask: np.ndarray  # (N,) int64, ascending: the mask each change belongs to
+    position: np.ndarray  # (N,) int64, ascending within a mask: column-major index of the changed pixel
+
+    def encode(self) -> list[dict[str, Any]]:
+        """Compressed RLEs of the masks, as pycocotools.mask.encode makes them (run lengths alternate 0s and 1s,
+        starting with 0s, compressed by pycocotools)."""
+        ends = np.searchsorted(self.mask, np.arange(self.count + 1))
+        area = self.height * self.width
+        runs = [{"size": [self.height, self.width], "counts": np.diff(self.position[a:b], prepend=0, append=area)}
+                for a, b in zip(ends[:-1], ends[1:])]
+        return mask_utils.frPyObjects(runs, self.height, self.width) if runs else []
+
+
+def mask_runs(masks: torch.Tensor) -> MaskRuns:
+    """The changes of (D, H, W) bool masks, found on their device (thresholded masks never reach the host)."""
+    d, h, w = masks.shape
+    pixels = column_major(masks).view(d, h * w)  # (D, H·W)
+    before = F.pad(pixels[:, :-1], (1, 0))  # each pixel's predecessor, 0 before the first
+    mask, position = (pixels != before).nonzero(as_tuple=True)  # row-major order: by mask, then position
+    return MaskRuns(h, w, d, mask.cpu().numpy(), position.cpu().numpy())
 
 
 @dataclass(frozen=True)
@@ -127,21 +155,29 @@ class HostDetections:
     boxes_xyxy: list[list[float]]
     scores: list[float]
     classes: list[int]
-    masks: np.ndarray  # (H, W, D) uint8, Fortran order (fortran_masks)
+    masks: np.ndarray | MaskRuns  # (H, W, D) uint8 Fortran-ordered (fortran_masks) or, from a GPU, mask_runs
 
 
 def to_host(det: Detections, image_id: int) -> HostDetections:
-    """`det` on the host: boxes, scores and classes as lists, masks laid out for RLE on their device."""
+    """`det` on the host: boxes, scores and classes as lists; masks laid out for pycocotools' encode on the
+    CPU, as their runs (found on the device) from a GPU."""
+    masks = fortran_masks(det.masks) if det.masks.device.type == "cpu" else mask_runs(det.masks)
     return HostDetections(image_id, det.boxes_xyxy.cpu().tolist(), det.scores.cpu().tolist(),
-                          det.classes.cpu().tolist(), fortran_masks(det.masks))
+                          det.classes.cpu().tolist(), masks)
+
+
+def encode_masks(masks: np.ndarray | MaskRuns) -> list[dict[str, Any]]:
+    """Compressed RLEs of HostDetections.masks. A Fortran buffer is encoded a mask per call: pycocotools'
+    encode holds the GIL, and between calls the main thread gets it."""
+    if isinstance(masks, MaskRuns):
+        return masks.encode()
+    return [mask_utils.encode(masks[:, :, i:i + 1])[0] for i in range(masks.shape[2])]
 
 
 def coco_results(host: HostDetections, category_ids: list[int]) -> list[dict[str, Any]]:
-    """One image's detections as COCO results: XYWH boxes, compressed-RLE masks, dataset category ids. Each mask
-    is encoded by its own call: pycocotools' encode holds the GIL, and between calls the main thread gets it."""
+    """One image's detections as COCO results: XYWH boxes, compressed-RLE masks, dataset category ids."""
     out = []
-    for i, (box, score, cls) in enumerate(zip(host.boxes_xyxy, host.scores, host.classes)):
-        rle = mask_utils.encode(host.masks[:, :, i:i + 1])[0]
+    for box, score, cls, rle in zip(host.boxes_xyxy, host.scores, host.classes, encode_masks(host.masks)):
         rle["counts"] = rle["counts"].decode("ascii")
         out.append({"image_id": host.image_id, "category_id": int(category_ids[cls]), "score": float(score),
                     "bbox": [box[0], box[1], box[2] - box[0], box[3] - box[1]], "segmentation": rle})

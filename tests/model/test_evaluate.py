@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from model.coco_eval import evaluate_results, load_coco
-from model.evaluate import (EvalFrames, EvaluateParams, ResultsFile, column_major, fortran_masks, load_trained, main,
-                            pad_batch, to_coco_results, to_host)
+from model.evaluate import (EvalFrames, EvaluateParams, HostDetections, ResultsFile, encode_masks, fortran_masks,
+                            load_trained, main, mask_runs, pad_batch, to_coco_results, to_host)
 from model.network import Detections
 from pipeline.split import to_coco
 from pipeline.ytvis import load_ytvis
@@ -120,14 +120,23 @@ def reference_results(det: Detections, image_id: int, category_ids: list[int]) -
 
 
 @pytest.mark.parametrize("shape", [(3, 7, 5), (0, 4, 6), (2, 1, 9), (5, 33, 70)])
-def test_fortran_masks_equal_numpy_layout_on_both_routes(shape: tuple[int, int, int]) -> None:
-    """The OpenCV route (CPU) and the torch route (GPU, run here on the CPU) give numpy's Fortran-ordered uint8."""
+def test_both_mask_routes_give_pycocotools_encoding(shape: tuple[int, int, int]) -> None:
+    """The CPU route (OpenCV's Fortran layout, encoded a mask per call) and the GPU route (change positions found
+    by torch, here on the CPU; run lengths compressed by pycocotools) give numpy's layout and encode's RLEs, for
+    masks that start with 1 or 0, are empty or full."""
     masks = torch.rand(shape, generator=torch.Generator().manual_seed(sum(shape))) > 0.5
-    expected = np.asfortranarray(masks.numpy().astype(np.uint8).transpose(1, 2, 0))
+    if shape[0]:
+        masks[0] = False
+        masks[-1, 0, 0] = True
+    if shape[0] > 2:
+        masks[1] = True
+    layout = np.asfortranarray(masks.numpy().astype(np.uint8).transpose(1, 2, 0))
+    expected = mask_utils.encode(layout) if shape[0] else []
     out = fortran_masks(masks)
     assert out.flags.f_contiguous and out.dtype == np.uint8
-    np.testing.assert_array_equal(out, expected)
-    np.testing.assert_array_equal(column_major(masks).numpy().transpose(2, 1, 0), expected)
+    np.testing.assert_array_equal(out, layout)
+    assert encode_masks(out) == expected
+    assert encode_masks(mask_runs(masks)) == expected
 
 
 def test_results_file_streams_in_order_and_re_raises_a_failed_write(tmp_path: Path) -> None:
@@ -142,7 +151,13 @@ def test_results_file_streams_in_order_and_re_raises_a_failed_write(tmp_path: Pa
         for image_id, det in enumerate(dets):
             out.add(to_host(det, image_id))
     assert out.count == 6
-    assert json.loads(path.read_text()) == [r for i, d in enumerate(dets) for r in reference_results(d, i, [3, 5])]
+    expected = [r for i, d in enumerate(dets) for r in reference_results(d, i, [3, 5])]
+    assert json.loads(path.read_text()) == expected
+    with path.open("wb") as f, ResultsFile(f, [3, 5]) as out:  # masks as a GPU hands them over
+        for image_id, det in enumerate(dets):
+            host = to_host(det, image_id)
+            out.add(HostDetections(image_id, host.boxes_xyxy, host.scores, host.classes, mask_runs(det.masks)))
+    assert json.loads(path.read_text()) == expected
     with path.open("wb") as f, ResultsFile(f, [3]):
         pass
     assert json.loads(path.read_text()) == []
