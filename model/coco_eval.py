@@ -1,8 +1,12 @@
-"""COCO AP with pycocotools: results lists in, the paper's metric names out (method §6).
+"""COCO AP with pycocotools (or faster-coco-eval): results lists in, the paper's metric names out (method §6).
 
 `evaluated` runs COCOeval's per-image matching (evalImgs) once; `precision_stats` reads the six AP numbers
 off an accumulated precision array, as COCOeval.summarize does, so that model.bootstrap can re-run only
 `accumulate` on resampled images and read the same numbers.
+
+The `faster-coco-eval` backend (C++ matching and accumulation, config evaluate.coco_backend) gives the same
+numbers as pycocotools on the project's cases up to float summation order (≤ 1e-9 %,
+tests/model/test_coco_eval.py); its per-image matches live in C++, so the bootstrap always uses pycocotools.
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ from pycocotools.cocoeval import COCOeval
 log = logging.getLogger("mowis.coco_eval")
 STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 IouType = Literal["segm", "bbox"]
+Backend = Literal["pycocotools", "faster-coco-eval"]
+BACKENDS: tuple[Backend, ...] = ("pycocotools", "faster-coco-eval")
 NO_MASKS = "no mask AP: the ground truth has boxes only (a boxes-only dataset); box AP is the measure"
 
 
@@ -74,16 +80,27 @@ def detections_for(results: list[dict[str, Any]], iou_type: IouType) -> list[dic
     return [{k: v for k, v in r.items() if k != drop} for r in results]
 
 
-def evaluated(coco_gt: COCO, results: list[dict[str, Any]], iou_type: IouType) -> COCOeval:
-    """COCOeval after `evaluate` (per-image matches in evalImgs, not yet accumulated). No results is an empty
-    detection set (pycocotools' loadRes cannot load an empty list)."""
-    if results:
-        with contextlib.redirect_stdout(io.StringIO()):
-            coco_dt = coco_gt.loadRes(detections_for(results, iou_type))
-    else:
-        coco_dt = load_coco({key: coco_gt.dataset[key] for key in ("images", "categories")} | {"annotations": []})
+def evaluated(coco_gt: COCO, results: list[dict[str, Any]], iou_type: IouType,
+              backend: Backend = "pycocotools") -> COCOeval:
+    """COCOeval after `evaluate` (per-image matches in evalImgs, not yet accumulated; with faster-coco-eval its
+    COCOeval_faster, whose matches stay in C++). No results is an empty detection set (pycocotools' loadRes
+    cannot load an empty list)."""
+    detections = detections_for(results, iou_type)
+    empty = {key: coco_gt.dataset[key] for key in ("images", "categories")} | {"annotations": []}
     with contextlib.redirect_stdout(io.StringIO()):
-        ev = COCOeval(coco_gt, coco_dt, iou_type)
+        if backend == "faster-coco-eval":
+            try:
+                import faster_coco_eval  # optional backend: imported only when configured
+            except ImportError as err:
+                raise ImportError("evaluate.coco_backend is faster-coco-eval, which is not installed: "
+                                  "pip install 'mowis[coco]' (envs/train.yaml has it)") from err
+            gt = faster_coco_eval.COCO(copy.deepcopy(coco_gt.dataset))
+            dt = gt.loadRes(copy.deepcopy(detections)) if results else faster_coco_eval.COCO(copy.deepcopy(empty))
+            ev = faster_coco_eval.COCOeval_faster(gt, dt, iou_type, print_function=print)
+        elif backend == "pycocotools":
+            ev = COCOeval(coco_gt, coco_gt.loadRes(detections) if results else load_coco(empty), iou_type)
+        else:
+            raise ValueError(f"evaluate.coco_backend: expected one of {', '.join(BACKENDS)}, got {backend!r}")
         ev.evaluate()
     return ev
 
@@ -107,17 +124,18 @@ def accumulated_stats(ev: COCOeval) -> dict[str, float | None]:
     return precision_stats(ev.eval["precision"][..., -1], ev.params.iouThrs)
 
 
-def evaluate_results(coco_gt: COCO, results: list[dict[str, Any]],
-                     iou_type: Literal["segm", "bbox"]) -> dict[str, Any]:
+def evaluate_results(coco_gt: COCO, results: list[dict[str, Any]], iou_type: IouType,
+                     backend: Backend = "pycocotools") -> dict[str, Any]:
     """AP, AP50, AP75, APs, APm, APl in percent plus per-class AP, for `results` (COCO results format).
 
     For `segm` each result needs a compressed-RLE `segmentation`; its `bbox` is dropped so that pycocotools
     takes the detection's area from the mask (as detectron2 does). For `bbox` the `segmentation` is dropped.
     A metric pycocotools reports as -1 (no ground-truth object in that size range, or a class with no
-    ground truth in the split) is None (null in JSON), never 0: there is nothing to score.
+    ground truth in the split) is None (null in JSON), never 0: there is nothing to score. `backend` computes
+    them with pycocotools or faster-coco-eval.
     """
     cat_names = {c["id"]: c["name"] for c in coco_gt.dataset["categories"]}
-    ev = evaluated(coco_gt, results, iou_type)
+    ev = evaluated(coco_gt, results, iou_type, backend)
     summary = io.StringIO()
     with contextlib.redirect_stdout(summary):
         ev.accumulate()

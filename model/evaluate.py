@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from model.coco_eval import NO_MASKS, evaluate_results, has_masks, iou_types, load_coco, unscored
+from model.coco_eval import BACKENDS, NO_MASKS, evaluate_results, has_masks, iou_types, load_coco, unscored
 from model.data import ShardStores, pad_images, padded_size, resized_shape
 from model.network import Detections, ModelParams, TwoStreamCondInst
 from pipeline.io import atomic_file, params_from_json, setup_logging, write_json_atomic
@@ -353,6 +353,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    ap.add_argument("--coco-backend", choices=BACKENDS, default="pycocotools",
+                    help="what computes COCO AP (evaluate.coco_backend; the same numbers, model/coco_eval.py)")
     args = ap.parse_args(argv)
     setup_logging()
     params = params_from_json(EvaluateParams, args.params, "evaluate")
@@ -369,13 +371,14 @@ def main(argv: list[str] | None = None) -> None:
         with atomic_file(args.results) as streamed:
             with streamed.open("wb") as f, ResultsFile(f, category_ids) as out:
                 predict_split(model, frames, image_ids, params, device, args.batch_size, args.workers, out)
-            log.info("%d detections streamed to %s; scoring them with COCOeval", out.count, streamed)
+            log.info("%d detections streamed to %s; scoring them with COCOeval (%s)", out.count, streamed,
+                     args.coco_backend)
             results = json.loads(streamed.read_bytes())
             coco_gt = load_coco(gt)
             metrics = {"experiment": args.experiment, "dataset": args.dataset, "checkpoint": str(args.checkpoint),
                        "backbone": model.params.backbone, "frames": len(frames),
-                       "evaluate_params": json.loads(args.params),
-                       **{t: (evaluate_results(coco_gt, results, t) if t in iou_types(gt)
+                       "evaluate_params": json.loads(args.params), "coco_backend": args.coco_backend,
+                       **{t: (evaluate_results(coco_gt, results, t, args.coco_backend) if t in iou_types(gt)
                               else unscored(coco_gt, results, NO_MASKS)) for t in ("segm", "bbox")}}
     except BaseException:
         if made_dir and args.results.parent.is_dir() and not any(args.results.parent.iterdir()):

@@ -9,8 +9,11 @@ import numpy as np
 import pycocotools.mask as mask_utils
 import pytest
 
-from model.coco_eval import evaluate_results, load_coco
+from model.coco_eval import STAT_NAMES, evaluate_results, load_coco
 from model.evaluate import read_ground_truth
+from model.subsets import subset_gt
+
+from test_subsets import scene
 
 
 def _rle(mask: np.ndarray) -> dict:
@@ -115,3 +118,41 @@ def test_ground_truth_without_images_or_annotations_is_an_error(tmp_path: Path) 
         read_ground_truth(path)
     path.write_text(json.dumps(gt))
     assert read_ground_truth(path) == gt
+
+
+def assert_same_metrics(a: dict, b: dict) -> None:
+    """The same metrics: None in the same places, numbers equal up to float summation order (1e-9 %)."""
+    assert a.keys() == b.keys() and a["per_class"].keys() == b["per_class"].keys()
+    pairs = [(a[k], b[k]) for k in STAT_NAMES] + [(a["per_class"][k], b["per_class"][k]) for k in a["per_class"]]
+    for x, y in pairs:
+        assert (x is None) == (y is None) and (x is None or abs(x - y) < 1e-9), (x, y)
+    assert a["num_detections"] == b["num_detections"]
+
+
+def parity_cases() -> list[tuple[str, dict, list[dict]]]:
+    """The hand-built cases above, a class without ground truth, and random scenes (tests/model/test_subsets.py)
+    whole and as subsets whose other objects are ignored (iscrowd), with duplicates and false positives."""
+    gt = _gt()
+    shifted = _as_results(gt)
+    shifted[0] = dict(shifted[0], bbox=[20.0, 10.0, 50.0, 40.0])
+    bird = dict(gt, categories=[*gt["categories"], {"id": 3, "name": "bird"}])
+    cases = [("exact", gt, _as_results(gt)), ("missed class", gt, [r for r in _as_results(gt) if r["category_id"] == 2]),
+             ("shifted", gt, shifted), ("no detections, a class without objects", bird, []),
+             ("a class without objects", bird, _as_results(gt))]
+    for seed in range(3):
+        scene_gt, dets, kind = scene(videos=4, frames=3, seed=seed)
+        dets = [{k: v for k, v in d.items() if k != "on"} for d in dets]
+        cases += [(f"scene {seed}", scene_gt, dets),
+                  (f"scene {seed}, kind b ignored", subset_gt(scene_gt, {i for i, k in kind.items() if k == "a"}), dets)]
+    return cases
+
+
+@pytest.mark.parametrize("iou_type", ["segm", "bbox"])
+def test_faster_coco_eval_gives_pycocotools_numbers(iou_type: str) -> None:
+    """faster-coco-eval (evaluate.coco_backend) equals pycocotools on every parity case; an unknown backend is
+    named."""
+    for name, gt, results in parity_cases():
+        expected = evaluate_results(load_coco(gt), results, iou_type)
+        assert_same_metrics(evaluate_results(load_coco(gt), results, iou_type, "faster-coco-eval"), expected)
+    with pytest.raises(ValueError, match="evaluate.coco_backend: expected one of pycocotools, faster-coco-eval"):
+        evaluate_results(load_coco(_gt()), [], iou_type, "detectron2")

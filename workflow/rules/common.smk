@@ -15,10 +15,15 @@ def section(*keys):
 
 
 def inference_section():
-    """The evaluate section without its subsets part (rules evaluate, figure_activations), as canonical JSON:
-    editing subset AP settings does not rerun inference."""
+    """The evaluate section less subsets and coco_backend (rules evaluate, figure_activations), as canonical
+    JSON: editing subset AP settings reruns no inference; the backend is rule evaluate's own param."""
     return json.dumps(
-        {k: v for k, v in config["evaluate"].items() if k != "subsets"}, sort_keys=True
+        {
+            k: v
+            for k, v in config["evaluate"].items()
+            if k not in ("subsets", "coco_backend")
+        },
+        sort_keys=True,
     )
 
 

@@ -20,13 +20,14 @@ rule evaluate:
         mem_mb=4000,
     params:
         cfg=inference_section(),
+        backend=config["evaluate"]["coco_backend"],
         frames=frames_dir(),
         dataset=config["dataset"]["root"] or "synthetic camouflage",
     shell:
         "python -m model.evaluate --checkpoint {input.checkpoint:q} --index {input.index:q} --gt {input.gt:q}"
         " --frames {params.frames:q} --flow results/flow --params {params.cfg:q} --experiment {wildcards.exp}"
         " --dataset {params.dataset:q} --out {output.metrics:q} --results {output.results:q}"
-        " --workers {threads} 2> {log:q}"
+        " --workers {threads} --coco-backend {params.backend} 2> {log:q}"
 
 
 rule object_motion:
