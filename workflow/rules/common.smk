@@ -16,7 +16,8 @@ def section(*keys):
 
 def inference_section():
     """The evaluate section less subsets and coco_backend (rules evaluate, figure_activations), as canonical
-    JSON: editing subset AP settings reruns no inference; the backend is rule evaluate's own param."""
+    JSON: editing subset AP settings reruns no inference; the backend is a param of rule evaluate
+    alone."""
     return json.dumps(
         {
             k: v
