@@ -38,7 +38,7 @@ def damage_chunk(chunk: Path, how: ChunkDamage) -> None:
         chunk.write_bytes(b"not a zstd frame" * 8)
 
 
-def _one_shard(array_dir: Path) -> tuple[Path, bytearray, np.ndarray]:
+def read_one_shard(array_dir: Path) -> tuple[Path, bytearray, np.ndarray]:
     """The shard file of a Zarr v3 array stored as one shard (as this project's stores hold a video), its bytes,
     and its index (at its end: one (offset, nbytes) little-endian uint64 pair per inner chunk, then a CRC32C),
     as a (chunks, 2) array."""
@@ -53,7 +53,7 @@ def _one_shard(array_dir: Path) -> tuple[Path, bytearray, np.ndarray]:
 def corrupt_shard_chunk(array_dir: Path, index: int) -> Path:
     """Overwrite the bytes of inner chunk `index` (one frame) of a one-shard array with bytes no codec decodes;
     the shard's index stays valid, so only that frame fails to decode. Returns the shard file."""
-    shard, data, table = _one_shard(array_dir)
+    shard, data, table = read_one_shard(array_dir)
     offset, nbytes = (int(x) for x in table[index])
     assert nbytes > 0, f"{shard}: inner chunk {index} is empty"
     data[offset:offset + nbytes] = (b"not a zstd frame" * (nbytes // 16 + 1))[:nbytes]
@@ -64,7 +64,7 @@ def corrupt_shard_chunk(array_dir: Path, index: int) -> Path:
 def drop_shard_chunk(array_dir: Path, index: int) -> Path:
     """Mark inner chunk `index` (one frame) of a one-shard array absent in the shard's index, with a valid CRC32C
     (zarr would then read that frame as the fill value). Returns the shard file."""
-    shard, data, table = _one_shard(array_dir)
+    shard, data, table = read_one_shard(array_dir)
     table[index] = 2**64 - 1
     index_bytes = table.astype("<u8").tobytes()
     data[-(len(index_bytes) + 4):] = index_bytes + google_crc32c.value(index_bytes).to_bytes(4, "little")
