@@ -359,6 +359,19 @@ def test_estimate_flow_bfloat16_autocast_runs(model: GMA) -> None:
     assert np.abs(flow16 - flow32).mean() < 0.1 * np.abs(flow32).mean() + 0.05
 
 
+def test_autocast_attention_is_converted_once_not_per_iteration(model: GMA) -> None:
+    """Under bfloat16 autocast the (B, heads, N, N) attention, the largest tensor of the update (N = h*w at 1/8
+    resolution: ~0.8 GB per 720p pair in float32), goes through one dtype conversion per forward pass: the
+    profiler sees one aten::to of that shape over 2 refinement iterations (the aggregation used to do one in each)."""
+    image1, image2 = (torch.from_numpy(f).permute(0, 3, 1, 2).float() for f in frames(1, 128, 128, seed=5))
+    n = (128 // 8) ** 2
+    with torch.profiler.profile(record_shapes=True) as prof, torch.inference_mode():
+        model(image1, image2, iters=2, autocast_dtype=torch.bfloat16)
+    conversions = [e for e in prof.events() if e.name == "aten::to" and e.input_shapes
+                   and list(e.input_shapes[0][-2:]) == [n, n]]
+    assert len(conversions) == 1, [e.input_shapes[0] for e in conversions]
+
+
 def test_estimate_flow_rejects_bad_input(model: GMA, checkpoint: Path) -> None:
     frames_t, frames_t1 = frames(1, 16, 16, seed=8)
     with pytest.raises(ValueError, match="frames_t must be"):
