@@ -76,15 +76,20 @@ def _check_choice(value: Any, choices: type, field: str) -> None:
 
 @dataclass(frozen=True)
 class GmaParams:
-    """flow.gma: the checkpoint file, refinement iterations, and the autocast dtype (float32 = none)."""
+    """flow.gma: the checkpoint file, refinement iterations, the autocast dtype (float32 = none), and whether CUDA
+    matmuls and convolutions may use TF32 (off: strict float32, until benchmarks/gpu_check_gma.py has shown
+    on a GPU that it leaves the flow unchanged)."""
     checkpoint: str
     iters: int
     dtype: GmaDtype
+    tf32: bool = False
 
     def __post_init__(self) -> None:
         _check_choice(self.dtype, GmaDtype, "flow.gma.dtype")
         if not isinstance(self.iters, int) or self.iters < 1:
             raise ValueError(f"config flow.gma.iters: expected an integer >= 1, got {self.iters!r}")
+        if not isinstance(self.tf32, bool):
+            raise ValueError(f"config flow.gma.tf32: expected true or false, got {self.tf32!r}")
 
 
 @dataclass(frozen=True)
@@ -188,19 +193,19 @@ class DisEstimator:
 
 
 class GmaEstimator:
-    """GMA (pipeline.gma) on its model's device, `batch_size` pairs per forward pass, optional autocast."""
+    """GMA (pipeline.gma) on its model's device, `batch_size` pairs per forward pass, optional autocast and TF32."""
 
-    def __init__(self, model: Any, iters: int, dtype: GmaDtype, batch_size: int) -> None:
+    def __init__(self, model: Any, iters: int, dtype: GmaDtype, batch_size: int, tf32: bool = False) -> None:
         if batch_size < 1:
             raise ValueError(f"GMA batch size must be >= 1, got {batch_size}")
-        self.model, self.iters, self.dtype, self.batch_size = model, iters, dtype, batch_size
+        self.model, self.iters, self.dtype, self.batch_size, self.tf32 = model, iters, dtype, batch_size, tf32
 
     def __call__(self, frames_t: np.ndarray, frames_t1: np.ndarray) -> np.ndarray:
         """(B, H, W, 3) uint8 RGB pairs -> (B, H, W, 2) float32 flow F(t -> t+1)."""
         from pipeline.gma import estimate_flow
         _check_pairs(frames_t, frames_t1)
         parts = [estimate_flow(self.model, frames_t[i:i + self.batch_size], frames_t1[i:i + self.batch_size],
-                               iters=self.iters, dtype=self.dtype)
+                               iters=self.iters, dtype=self.dtype, tf32=self.tf32)
                  for i in range(0, frames_t.shape[0], self.batch_size)]
         return np.concatenate(parts).astype(np.float32, copy=False)
 
@@ -378,7 +383,7 @@ def make_estimator(params: FlowParams, device: str | None = None, batch_size: in
                 raise FileNotFoundError(missing_checkpoint_message(checkpoint))
             from pipeline.gma import load_gma
             model = load_gma(checkpoint, device=device or default_device())
-            return GmaEstimator(model, params.gma.iters, params.gma.dtype, batch_size)
+            return GmaEstimator(model, params.gma.iters, params.gma.dtype, batch_size, params.gma.tf32)
         case "raft":
             return RaftEstimator(load_raft(params.raft, device or default_device()), params.raft.iters, batch_size)
         case "dis":

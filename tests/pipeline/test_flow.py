@@ -115,6 +115,9 @@ def test_params_errors_name_the_field():
         params(dis__preset="slow")
     with pytest.raises(ValueError, match="flow.gma.dtype"):
         params(gma__dtype="int8")
+    with pytest.raises(ValueError, match="flow.gma.tf32: expected true or false, got 'yes'"):
+        params(gma__tf32="yes")
+    assert params().gma.tf32 is False and params(gma__tf32=True).as_dict()["gma"]["tf32"] is True  # recorded
     with pytest.raises(ValueError, match=r"unknown keys \['extra'\]"):
         FlowParams.from_json(json.dumps({**SECTION, "extra": 1}), "test")
     with pytest.raises(ValueError, match="flow.gma.*missing keys"):
