@@ -9,12 +9,14 @@ dataset's own ground-truth flow (`GroundTruthFlow`, the oracle: the upper bound 
 encoded and stored exactly like estimated flow; a dataset without `flow_gt/` (real YouTube-VIS) is an error.
 
 Store, one per shard (docs/design.md "Stores"): a Zarr v3 group with one uint8 array (T, H, W, 3) per
-video named str(video_id), one shard per video (a single file) holding chunks of one frame, Zstd; a video
-is three files (its zarr.json, the shard, the folder), not one per frame. Group attributes `estimator`, `params` (the flow
-section), `checkpoint_sha256`, `iters`, `dtype`, `videos`, `encoding`, and `content_sha256` (the digest of
-its arrays, pipeline.identity); each array's attribute `scale` holds its frames' normalisation divisors (T,),
-so the flow in pixels is recoverable (flow_codec.rgb_to_flow). It is written into a temporary folder and
-renamed when complete; `open_flow_store` refuses a store made with other settings.
+video named str(video_id), one shard per video (one file) holding chunks of one frame, Zstd: a video is 7
+inodes (its zarr.json, the shard, 5 folders) whatever its length, where one file per frame took 4 T + 3.
+Group attributes `estimator`, `params` (the flow section), `checkpoint_sha256`, `iters`, `dtype`, `videos`,
+`encoding`, and `content_sha256` (the digest of its arrays, pipeline.identity); each array's attribute
+`scale` holds its frames' normalisation divisors (T,), so the flow in pixels is recoverable
+(flow_codec.rgb_to_flow). It is written into a temporary folder and renamed when complete; `open_flow_store`
+refuses a store made with other settings. The frames of a video are encoded in a pool of the job's
+--threads (`write_shard`), with the same bytes for any thread count.
 
 CLI (rule `flow`): python -m pipeline.flow --root R --annotations train.json --shard K --params JSON
   --out results/flow/shard_K.zarr --log-json logs/flow/shard_K.json [--num-videos N]
@@ -462,6 +464,18 @@ def write_video(group: zarr.Group, video_id: int, rgb: np.ndarray) -> None:
     array[...] = rgb  # whole video in one assignment
 
 
+def store_video(group: zarr.Group, video_id: int, flows: np.ndarray, encoder: Executor) -> tuple[float, float]:
+    """Encode one video's (T, H, W, 2) flow in `encoder`'s threads, store it (write_video) with its per-frame
+    divisors as the array's `scale` attribute; returns the seconds spent encoding and writing."""
+    began = time.perf_counter()
+    rgb = encode_video(flows, encoder)
+    scales = [float(scale) for scale in encoder.map(flow_scale, flows)]  # (T,) divisors
+    mid = time.perf_counter()
+    write_video(group, video_id, rgb)
+    group[str(video_id)].attrs["scale"] = scales
+    return mid - began, time.perf_counter() - mid
+
+
 def remove_stale_temps(out: Path) -> list[Path]:
     """Delete temporary folders a killed job left beside `out` (pipeline.io.atomic_dir names them .<name>.*.tmp)."""
     stale = sorted(out.parent.glob(f".{out.name}.*.tmp")) if out.parent.is_dir() else []
@@ -566,14 +580,9 @@ def write_shard(out: str | os.PathLike, root: str | os.PathLike, videos: Sequenc
         return frames
 
     def store(group: zarr.Group, video_id: int, flows: np.ndarray) -> None:
-        began = time.perf_counter()
-        rgb = encode_video(flows, encoder)
-        scales = [float(scale) for scale in encoder.map(flow_scale, flows)]  # (T,) divisors
-        mid = time.perf_counter()
-        write_video(group, video_id, rgb)
-        group[str(video_id)].attrs["scale"] = scales
-        times.encode += mid - began
-        times.write += time.perf_counter() - mid
+        encode, write = store_video(group, video_id, flows, encoder)
+        times.encode += encode
+        times.write += write
 
     # the pools are shut down (waiting for their tasks) before atomic_dir commits or removes the folder
     # (the writer's tasks use the encoder pool, so it closes after them)
