@@ -29,7 +29,7 @@ from damage import damage_frame, leftovers, read_one_shard
 
 REPO = Path(__file__).resolve().parents[2]
 SECTION = {"estimator": "dis", "shard_size": 2,
-           "gma": {"checkpoint": "weights/gma-sintel.pth", "iters": 12, "dtype": "float32"},
+           "gma": {"checkpoint": "weights/gma-sintel.pth", "iters": 12, "dtype": "float32", "tf32": False},
            "raft": {"model": "large", "weights": "C_T_SKHT_V2", "iters": 12},
            "dis": {"preset": "medium"}}
 
