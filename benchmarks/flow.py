@@ -47,7 +47,7 @@ import zarr  # noqa: E402
 
 from pipeline.flow import (ZSTD_LEVEL, DisEstimator, GmaEstimator, encode_video, store_attributes,  # noqa: E402
                            store_video, write_shard)
-from pipeline.flow_codec import flow_scale  # noqa: E402
+from pipeline.flow_codec import _colors, _hue_index, flow_scale  # noqa: E402
 from pipeline.flow import FlowParams, GmaParams, DisParams, RaftParams  # noqa: E402
 from pipeline.ytvis import Video  # noqa: E402
 
@@ -112,15 +112,25 @@ def smooth_flows(num_frames: int, height: int, width: int, seed: int) -> np.ndar
     return np.stack([cv2.resize(c, (width, height), interpolation=cv2.INTER_CUBIC) for c in coarse])
 
 
-def store_video_before(group: zarr.Group, video_id: int, flows: np.ndarray) -> None:
-    """The flow job's encode + write before this change (store format 1): flow_to_rgb frame after frame in the
-    writer thread, then one Zstd chunk file per frame."""
-    rgb = encode_video(flows)
+def flow_to_rgb_whole_frame(flow: np.ndarray) -> np.ndarray:
+    """flow_to_rgb as it was before: each step on whole-frame arrays (the same bytes, checked in the run)."""
+    scale = flow_scale(flow)
+    u, v = flow[..., 0] / scale, flow[..., 1] / scale
+    return _colors(_hue_index(u, v), np.sqrt(np.square(u) + np.square(v)))
+
+
+def store_video_before(group: zarr.Group, video_id: int, flows: np.ndarray) -> tuple[float, float]:
+    """The flow job's encode + write before this change (store format 1): whole-frame flow_to_rgb frame after
+    frame in the writer thread, then one Zstd chunk file per frame; returns (encode, write) seconds."""
+    began = time.perf_counter()
+    rgb = np.stack([flow_to_rgb_whole_frame(flow) for flow in flows])
     scales = [float(flow_scale(flow)) for flow in flows]
+    mid = time.perf_counter()
     array = group.create_array(name=str(video_id), shape=rgb.shape, dtype="uint8", chunks=(1,) + rgb.shape[1:],
                                compressors=zarr.codecs.ZstdCodec(level=ZSTD_LEVEL), fill_value=0)
     array[...] = rgb
     array.attrs["scale"] = scales
+    return mid - began, time.perf_counter() - mid
 
 
 def inodes(folder: Path) -> int:
@@ -134,29 +144,35 @@ def encode_write_720p(folder: Path, num_frames: int, num_videos: int, rounds: in
     videos = [smooth_flows(num_frames, HD_HEIGHT, HD_WIDTH, seed) for seed in range(num_videos)]
     frames = num_frames * num_videos
     routes = ["before"] + [f"after_{n}" for n in ENCODE_THREADS]
-    samples: dict[str, list[tuple[float, float]]] = {route: [] for route in routes}
+    samples: dict[str, list[tuple[float, float, float, float]]] = {route: [] for route in routes}
     files: dict[str, int] = {}
+    reference: list[np.ndarray] | None = None
     for r in range(rounds):
         for route in routes:
             out = folder / f"{route}_{r}.zarr"
             group = zarr.open_group(out, mode="w", zarr_format=3)
             threads = int(route.split("_")[1]) if route != "before" else 1
+            steps = np.zeros(2)  # encode, write seconds
             with ThreadPoolExecutor(threads) as encoder:
                 wall, cpu = time.perf_counter(), time.process_time()
                 for vid, flows in enumerate(videos):
-                    if route == "before":
-                        store_video_before(group, vid, flows)
-                    else:
-                        store_video(group, vid, flows, encoder)
+                    steps += (store_video_before(group, vid, flows) if route == "before"
+                              else store_video(group, vid, flows, encoder))
                 wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-            samples[route].append((1e3 * wall / frames, 1e3 * cpu / frames))
+            samples[route].append((1e3 * wall / frames, 1e3 * cpu / frames, *(1e3 * steps / frames)))
             files[route] = inodes(out / "0")
+            if r == 0:  # every route stores the same frames
+                stored = zarr.open_group(out, mode="r")
+                rgb = [stored[str(vid)][...] for vid in range(len(videos))]
+                reference = reference if reference is not None else rgb
+                assert all(np.array_equal(a, b) for a, b in zip(rgb, reference)), f"{route}: other frames stored"
     result: dict = {"frames_per_route": frames, "frames_per_video": num_frames, "rounds": rounds}
     for route in routes:
-        walls, cpus = zip(*samples[route])
+        walls, cpus, encodes, writes = zip(*samples[route])
         result[route] = {"wall_ms_median": statistics.median(walls), "wall_ms_best": min(walls),
-                         "cpu_ms_median": statistics.median(cpus), "cpu_per_wall_median":
-                         statistics.median(c / w for w, c in samples[route]), "inodes_per_video": files[route]}
+                         "cpu_ms_median": statistics.median(cpus), "encode_ms_median": statistics.median(encodes),
+                         "write_ms_median": statistics.median(writes), "cpu_per_wall_median":
+                         statistics.median(c / w for w, c, *_ in samples[route]), "inodes_per_video": files[route]}
     for name, num, den in (("after_1_vs_before", "before", "after_1"), ("after_2_vs_after_1", "after_1", "after_2"),
                            ("after_2_vs_before", "before", "after_2")):
         ratios = [a[0] / b[0] for a, b in zip(samples[num], samples[den])]  # wall time ratio within a round
@@ -236,9 +252,10 @@ def main() -> None:
         e = results["encode_write_720p"]
         for route in ["before"] + [f"after_{n}" for n in ENCODE_THREADS]:
             r = e[route]
-            print(f"| 720p encode + write, {route}: wall ms/frame median (best), CPU ms/frame, CPU/wall, inodes/video "
-                  f"({e['frames_per_video']} frames) | {r['wall_ms_median']:.1f} ({r['wall_ms_best']:.1f}), "
-                  f"{r['cpu_ms_median']:.1f}, {r['cpu_per_wall_median']:.2f}, {r['inodes_per_video']} |")
+            print(f"| 720p {route}: wall ms/frame median (best); encode / write wall; CPU ms/frame; CPU/wall; "
+                  f"inodes/video ({e['frames_per_video']} frames) | {r['wall_ms_median']:.1f} ({r['wall_ms_best']:.1f});"
+                  f" {r['encode_ms_median']:.1f} / {r['write_ms_median']:.1f}; {r['cpu_ms_median']:.1f}; "
+                  f"{r['cpu_per_wall_median']:.2f}; {r['inodes_per_video']} |")
         for name in ("after_1_vs_before", "after_2_vs_after_1", "after_2_vs_before"):
             q = e[name]
             print(f"| 720p throughput ratio {name}: median (range) of per-round ratios; ratio of bests | "
