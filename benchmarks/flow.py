@@ -11,7 +11,7 @@
              store format 1) and `after` (pipeline.flow.store_video: frames encoded in a pool of 1 or 2
              threads, one shard per video); wall and CPU time (time.process_time, all threads) per frame, the
              CPU/wall ratio (how many cores the route kept busy), and files + folders per video. Zarr's own
-             codec pool is held to one thread for all routes, so the Zstd step is serial everywhere.
+             codec pool (Zstd) gets the route's thread count, as the job gives it --threads.
   gma        pipeline.gma with seeded random weights on the CPU at 128x160 (padded to 128x160), 12
              iterations: B pairs in one batch vs the same pairs one at a time (best of two alternated
              rounds each).
@@ -133,6 +133,13 @@ def store_video_before(group: zarr.Group, video_id: int, flows: np.ndarray) -> t
     return mid - began, time.perf_counter() - mid
 
 
+def use_zarr_threads(threads: int) -> None:
+    """Restart zarr's codec thread pool (made on first use) with `threads` workers, as the flow job sizes it."""
+    from zarr.core.sync import cleanup_resources
+    cleanup_resources()
+    zarr.config.set({"threading.max_workers": threads})
+
+
 def inodes(folder: Path) -> int:
     """Files and folders under `folder`, itself included."""
     return 1 + sum(1 for _ in folder.rglob("*"))
@@ -152,6 +159,7 @@ def encode_write_720p(folder: Path, num_frames: int, num_videos: int, rounds: in
             out = folder / f"{route}_{r}.zarr"
             group = zarr.open_group(out, mode="w", zarr_format=3)
             threads = int(route.split("_")[1]) if route != "before" else 1
+            use_zarr_threads(threads)
             steps = np.zeros(2)  # encode, write seconds
             with ThreadPoolExecutor(threads) as encoder:
                 wall, cpu = time.perf_counter(), time.process_time()
@@ -221,7 +229,6 @@ def main() -> None:
     args = ap.parse_args()
     cv2.setNumThreads(1)
     torch.set_num_threads(1)
-    zarr.config.set({"threading.max_workers": 1})  # before zarr's pool exists: its codec steps run serially
     frames = translating_frames(args.frames, HEIGHT, WIDTH)
     results: dict = {"load_before": os.getloadavg()}
     if "dis" in args.parts:
