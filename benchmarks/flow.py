@@ -12,6 +12,9 @@
              threads, one shard per video); wall and CPU time (time.process_time, all threads) per frame, the
              CPU/wall ratio (how many cores the route kept busy), and files + folders per video. Zarr's own
              codec pool (Zstd) gets the route's thread count, as the job gives it --threads.
+  gil        how much of flow_to_rgb's CPU time at 720p can hold the GIL (so serialises threads): the same
+             numpy calls on 8-pixel blocks (dispatch only) against the real frame; with the Amdahl bound for
+             8 threads. Load-independent where thread scaling is not (see benchmarks/README.md).
   gma        pipeline.gma with seeded random weights on the CPU at 128x160 (padded to 128x160), 12
              iterations: B pairs in one batch vs the same pairs one at a time (best of two alternated
              rounds each).
@@ -21,7 +24,7 @@ frame; DIS's speed depends little on content, the Zstd ratio and so the write ti
 smooth random field (noise at 1/16 resolution, bicubic upsampled, about 8 px), different per frame.
 
     python benchmarks/flow.py [--frames 20] [--videos 6] [--gma-pairs 4] [--gma-iters 12]
-                              [--parts dis overhead encode gma] [--rounds 5] [--json out.json]
+                              [--parts dis overhead encode gil gma] [--rounds 5] [--json out.json]
 """
 
 from __future__ import annotations
@@ -189,6 +192,35 @@ def encode_write_720p(folder: Path, num_frames: int, num_videos: int, rounds: in
     return result
 
 
+def gil_held_share(flow: np.ndarray, repeats: int) -> dict:
+    """Upper bound of the share of flow_to_rgb's CPU time on one (H, W, 2) frame that holds the GIL, and the
+    Amdahl bound it puts on 8 threads: the same numpy calls (same number of blocks) on blocks of one row of
+    8 pixels, where the arithmetic is negligible and what is left is Python and numpy's dispatch (which hold
+    the GIL; numpy releases it inside its loops). Best CPU time (time.process_time) of `repeats` each."""
+    import pipeline.flow_codec as codec
+    rows = max(1, codec.BLOCK_PIXELS // flow.shape[1])
+    blocks = -(-flow.shape[0] // rows)
+    tiny = np.ascontiguousarray(flow[:blocks, :8])  # (blocks, 8, 2): one block per row below
+
+    def best_cpu(frame: np.ndarray) -> float:
+        times = []
+        for _ in range(repeats):
+            began = time.process_time()
+            codec.flow_to_rgb(frame)
+            times.append(time.process_time() - began)
+        return min(times)
+
+    full = best_cpu(flow)
+    saved, codec.BLOCK_PIXELS = codec.BLOCK_PIXELS, 8
+    try:
+        dispatch = best_cpu(tiny)
+    finally:
+        codec.BLOCK_PIXELS = saved
+    share = dispatch / full
+    return {"blocks": blocks, "frame_cpu_ms": 1e3 * full, "dispatch_cpu_ms": 1e3 * dispatch, "gil_share_max": share,
+            "amdahl_8_threads_min": 1 / (share + (1 - share) / 8)}
+
+
 def gma_batched_vs_single(pairs: int, iters: int) -> dict:
     """Seconds per pair of random-weight GMA at 128x160 on the CPU, batched vs one pair at a time."""
     from pipeline.gma import GMA
@@ -220,8 +252,8 @@ def main() -> None:
     ap.add_argument("--videos", type=int, default=6, help="videos in the shard of the overhead measurement")
     ap.add_argument("--gma-pairs", type=int, default=4)
     ap.add_argument("--gma-iters", type=int, default=12)
-    ap.add_argument("--parts", nargs="+", choices=["dis", "overhead", "encode", "gma"],
-                    default=["dis", "overhead", "encode", "gma"])
+    ap.add_argument("--parts", nargs="+", choices=["dis", "overhead", "encode", "gil", "gma"],
+                    default=["dis", "overhead", "encode", "gil", "gma"])
     ap.add_argument("--hd-frames", type=int, default=12, help="frames per video at 1280x720 (encode)")
     ap.add_argument("--hd-videos", type=int, default=2, help="videos per route and round at 1280x720 (encode)")
     ap.add_argument("--rounds", type=int, default=5, help="rounds of the encode routes taking turns")
@@ -238,6 +270,8 @@ def main() -> None:
             results["overhead_640x360"] = stage_overhead(frames, Path(tmp), args.videos)
         if "encode" in args.parts:
             results["encode_write_720p"] = encode_write_720p(Path(tmp), args.hd_frames, args.hd_videos, args.rounds)
+    if "gil" in args.parts:
+        results["gil_720p"] = gil_held_share(smooth_flows(1, HD_HEIGHT, HD_WIDTH, seed=0)[0], repeats=7)
     if "gma" in args.parts:
         results["gma_cpu_128x160"] = gma_batched_vs_single(args.gma_pairs, args.gma_iters)
     results["load_after"] = os.getloadavg()
@@ -267,6 +301,12 @@ def main() -> None:
             q = e[name]
             print(f"| 720p throughput ratio {name}: median (range) of per-round ratios; ratio of bests | "
                   f"{q['median']:.2f}x ({q['min']:.2f}-{q['max']:.2f}); {q['of_bests']:.2f}x |")
+    if "gil_720p" in results:
+        g = results["gil_720p"]
+        print(f"| flow_to_rgb 720p CPU per frame; same {g['blocks']} blocks of 8 px (dispatch, holds the GIL) | "
+              f"{g['frame_cpu_ms']:.1f} ms; {g['dispatch_cpu_ms']:.2f} ms |")
+        print(f"| GIL-held share at most; Amdahl bound for 8 threads at least | {100 * g['gil_share_max']:.1f} %; "
+              f"{g['amdahl_8_threads_min']:.2f}x |")
     if "gma_cpu_128x160" in results:
         g = results["gma_cpu_128x160"]
         print(f"| GMA CPU 128x160, {g['iters']} iters: batched ({g['pairs']}) vs single | "
