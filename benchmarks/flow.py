@@ -8,8 +8,8 @@
              (wall - estimate).
   encode     encode + write throughput at 1280x720, the routes taking turns in each of --rounds rounds:
              `before` (the code before the pool: flow_to_rgb frame after frame, then one chunk file per frame,
-             store format 1) and `after` (pipeline.flow.store_video: frames encoded in a pool of 1 or 2
-             threads, one shard per video); wall and CPU time (time.process_time, all threads) per frame, the
+             store format 1) and `after` (pipeline.flow.store_video: frames encoded in a pool of
+             --encode-threads FEW or MANY threads, default 1 and 2, one shard per video); wall and CPU time (time.process_time, all threads) per frame, the
              CPU/wall ratio (how many cores the route kept busy), and files + folders per video. Zarr's own
              codec pool (Zstd) gets the route's thread count, as the job gives it --threads.
   gil        how much of flow_to_rgb's CPU time at 720p can hold the GIL (so serialises threads): the same
@@ -24,7 +24,8 @@ frame; DIS's speed depends little on content, the Zstd ratio and so the write ti
 smooth random field (noise at 1/16 resolution, bicubic upsampled, about 8 px), different per frame.
 
     python benchmarks/flow.py [--frames 20] [--videos 6] [--gma-pairs 4] [--gma-iters 12]
-                              [--parts dis overhead encode gil gma] [--rounds 5] [--json out.json]
+                              [--parts dis overhead encode gil gma] [--rounds 5] [--encode-threads 1 2]
+                              [--json out.json]
 """
 
 from __future__ import annotations
@@ -56,7 +57,6 @@ from pipeline.ytvis import Video  # noqa: E402
 
 HEIGHT, WIDTH = 360, 640
 HD_HEIGHT, HD_WIDTH = 720, 1280
-ENCODE_THREADS = (1, 2)  # this machine has 2 cores
 
 
 def translating_frames(num_frames: int, height: int, width: int, seed: int = 0) -> np.ndarray:
@@ -148,12 +148,15 @@ def inodes(folder: Path) -> int:
     return 1 + sum(1 for _ in folder.rglob("*"))
 
 
-def encode_write_720p(folder: Path, num_frames: int, num_videos: int, rounds: int) -> dict:
-    """Per-frame wall and CPU ms of encode + write at 1280x720 for `before` and `after` with 1 and 2 threads, the
-    routes taking turns in every round; medians and bests over rounds, per-round ratios, inodes per video."""
+def encode_write_720p(folder: Path, num_frames: int, num_videos: int, rounds: int,
+                      thread_counts: tuple[int, int]) -> dict:
+    """Per-frame wall and CPU ms of encode + write at 1280x720 for `before` and `after` with each of two thread
+    counts, the routes taking turns in every round; medians and bests over rounds, per-round ratios, inodes per
+    video."""
     videos = [smooth_flows(num_frames, HD_HEIGHT, HD_WIDTH, seed) for seed in range(num_videos)]
     frames = num_frames * num_videos
-    routes = ["before"] + [f"after_{n}" for n in ENCODE_THREADS]
+    few, many = thread_counts
+    routes = ["before", f"after_{few}", f"after_{many}"]
     samples: dict[str, list[tuple[float, float, float, float]]] = {route: [] for route in routes}
     files: dict[str, int] = {}
     reference: list[np.ndarray] | None = None
@@ -184,8 +187,8 @@ def encode_write_720p(folder: Path, num_frames: int, num_videos: int, rounds: in
                          "cpu_ms_median": statistics.median(cpus), "encode_ms_median": statistics.median(encodes),
                          "write_ms_median": statistics.median(writes), "cpu_per_wall_median":
                          statistics.median(c / w for w, c, *_ in samples[route]), "inodes_per_video": files[route]}
-    for name, num, den in (("after_1_vs_before", "before", "after_1"), ("after_2_vs_after_1", "after_1", "after_2"),
-                           ("after_2_vs_before", "before", "after_2")):
+    for num, den in (("before", f"after_{few}"), (f"after_{few}", f"after_{many}"), ("before", f"after_{many}")):
+        name = f"{den}_vs_{num}"
         ratios = [a[0] / b[0] for a, b in zip(samples[num], samples[den])]  # wall time ratio within a round
         result[name] = {"median": statistics.median(ratios), "min": min(ratios), "max": max(ratios),
                         "of_bests": result[num]["wall_ms_best"] / result[den]["wall_ms_best"]}
@@ -257,6 +260,8 @@ def main() -> None:
     ap.add_argument("--hd-frames", type=int, default=12, help="frames per video at 1280x720 (encode)")
     ap.add_argument("--hd-videos", type=int, default=2, help="videos per route and round at 1280x720 (encode)")
     ap.add_argument("--rounds", type=int, default=5, help="rounds of the encode routes taking turns")
+    ap.add_argument("--encode-threads", type=int, nargs=2, default=[1, 2], metavar=("FEW", "MANY"),
+                    help="the two thread counts of the `after` routes (this VM has 2 cores)")
     ap.add_argument("--json", help="also write the figures here")
     args = ap.parse_args()
     cv2.setNumThreads(1)
@@ -269,7 +274,8 @@ def main() -> None:
         if "overhead" in args.parts:
             results["overhead_640x360"] = stage_overhead(frames, Path(tmp), args.videos)
         if "encode" in args.parts:
-            results["encode_write_720p"] = encode_write_720p(Path(tmp), args.hd_frames, args.hd_videos, args.rounds)
+            results["encode_write_720p"] = encode_write_720p(Path(tmp), args.hd_frames, args.hd_videos, args.rounds,
+                                                             tuple(args.encode_threads))
     if "gil" in args.parts:
         results["gil_720p"] = gil_held_share(smooth_flows(1, HD_HEIGHT, HD_WIDTH, seed=0)[0], repeats=7)
     if "gma" in args.parts:
@@ -291,13 +297,14 @@ def main() -> None:
         print(f"| stored per frame (Zstd 3) | {o['stored_kib_per_frame']:.0f} KiB |")
     if "encode_write_720p" in results:
         e = results["encode_write_720p"]
-        for route in ["before"] + [f"after_{n}" for n in ENCODE_THREADS]:
+        routes = [k for k in e if k == "before" or k.startswith("after_") and "_vs_" not in k]
+        for route in routes:
             r = e[route]
             print(f"| 720p {route}: wall ms/frame median (best); encode / write wall; CPU ms/frame; CPU/wall; "
                   f"inodes/video ({e['frames_per_video']} frames) | {r['wall_ms_median']:.1f} ({r['wall_ms_best']:.1f});"
                   f" {r['encode_ms_median']:.1f} / {r['write_ms_median']:.1f}; {r['cpu_ms_median']:.1f}; "
                   f"{r['cpu_per_wall_median']:.2f}; {r['inodes_per_video']} |")
-        for name in ("after_1_vs_before", "after_2_vs_after_1", "after_2_vs_before"):
+        for name in [k for k in e if "_vs_" in k]:
             q = e[name]
             print(f"| 720p throughput ratio {name}: median (range) of per-round ratios; ratio of bests | "
                   f"{q['median']:.2f}x ({q['min']:.2f}-{q['max']:.2f}); {q['of_bests']:.2f}x |")
