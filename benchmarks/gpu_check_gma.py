@@ -1,12 +1,16 @@
-"""GMA on a GPU: frames/s at 640x360 and 1280x720 in float32 and bfloat16 autocast, and the flow change.
+"""GMA on a GPU: frames/s at 640x360 and 1280x720 in strict float32, float32 with TF32, and bfloat16 autocast,
+and how far each setting moves the flow from strict float32.
 
 The network gets a deterministic random state dict (no checkpoint needed), loaded through
 `pipeline.gma.load_gma`, and is timed through `estimate_flow` on batched uint8 numpy frames, as the
-flow stage calls it (padding, host-device copies and cropping included). Random weights give
-meaningless flow, so the mean |flow_fp32 - flow_bf16| is a numerical check, not a quality figure.
+flow stage calls it (padding, host-device copies and cropping included). The "EPE delta" of a setting is the
+mean endpoint distance |flow - flow_strict_fp32| (pixels) over all pixels: how much the setting alone moves
+the flow, the quantity that decides whether flow.gma.tf32 may be turned on. Random weights give
+meaningless flow, so it is a numerical check, not a quality figure (with the real checkpoint on a
+synthetic dataset, rule flow_quality gives the EPE against ground truth).
 
-    python benchmarks/gpu_check_gma.py                      # CUDA: both sizes, both dtypes
-    python benchmarks/gpu_check_gma.py --cpu-smoke          # CPU, 96x128, 2 iterations: checks it runs
+    python benchmarks/gpu_check_gma.py                      # CUDA: both sizes, the three settings
+    python benchmarks/gpu_check_gma.py --cpu-smoke          # CPU, 128x128, 2 iterations: checks it runs
     python benchmarks/gpu_check_gma.py --json out.json      # also write the numbers as JSON
 """
 
@@ -27,7 +31,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runs from a bare
 from pipeline.gma import GMA, estimate_flow, load_gma  # noqa: E402
 
 GPU_SIZES = [(360, 640), (720, 1280)]  # (H, W)
-SMOKE_SIZES = [(96, 128)]
+SMOKE_SIZES = [(128, 128)]
+# (autocast dtype, TF32 allowed): strict float32 first, the reference of the others
+SETTINGS = [("float32", False), ("float32", True), ("bfloat16", False)]
 
 
 def random_gma(device: str, seed: int = 0) -> GMA:
@@ -66,29 +72,33 @@ def synchronize(device: str) -> None:
 
 
 def time_estimator(model: GMA, frames_t: np.ndarray, frames_t1: np.ndarray, iters: int, dtype: str,
-                   repeats: int, device: str) -> tuple[float, np.ndarray, float]:
+                   tf32: bool, repeats: int, device: str) -> tuple[float, np.ndarray, float]:
     """(frames/s over `repeats` timed batches after one warm-up, the flow (B, H, W, 2), peak GiB on CUDA)."""
-    flow = estimate_flow(model, frames_t, frames_t1, iters=iters, dtype=dtype)  # warm-up (cuDNN autotune)
+    flow = estimate_flow(model, frames_t, frames_t1, iters=iters, dtype=dtype, tf32=tf32)  # warm-up (autotune)
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     synchronize(device)
     start = time.perf_counter()
     for _ in range(repeats):
-        flow = estimate_flow(model, frames_t, frames_t1, iters=iters, dtype=dtype)
+        flow = estimate_flow(model, frames_t, frames_t1, iters=iters, dtype=dtype, tf32=tf32)
     synchronize(device)
     seconds = time.perf_counter() - start
     peak = torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else float("nan")
     return repeats * frames_t.shape[0] / seconds, flow, peak
 
 
+def endpoint_delta(flow: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """Per-pixel endpoint distance |flow - reference| in pixels: (B, H, W, 2) twice -> (B, H, W)."""
+    return np.sqrt(np.square(flow - reference).sum(axis=-1))
+
+
 def main() -> None:
-    """Parse flags, time every size and dtype, print a table (and JSON if asked)."""
+    """Parse flags, time every size and setting, print a table (and JSON if asked)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cpu-smoke", action="store_true", help="tiny CPU run that only checks the script works")
     parser.add_argument("--iters", type=int, default=12, help="GMA iterations (config flow.gma.iters)")
     parser.add_argument("--batch", type=int, default=4, help="frame pairs per estimate_flow call")
     parser.add_argument("--repeats", type=int, default=5, help="timed batches per setting")
-    parser.add_argument("--strict-fp32", action="store_true", help="disable TF32 in cuDNN and matmul")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
 
@@ -100,32 +110,29 @@ def main() -> None:
             sys.exit("no CUDA device; use --cpu-smoke to check the script on CPU")
         device, sizes, iters, batch, repeats = "cuda", GPU_SIZES, args.iters, args.batch, args.repeats
         torch.backends.cudnn.benchmark = True
-        if args.strict_fp32:
-            torch.backends.cudnn.allow_tf32 = False
-            torch.backends.cuda.matmul.allow_tf32 = False
 
     model = random_gma(device)
     info = {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu", "torch": torch.__version__,
-            "iters": iters, "batch": batch, "repeats": repeats,
-            "cudnn_tf32": torch.backends.cudnn.allow_tf32, "matmul_tf32": torch.backends.cuda.matmul.allow_tf32}
+            "iters": iters, "batch": batch, "repeats": repeats}
     print(json.dumps(info), flush=True)
-    print(f"{'size':>10} {'dtype':>9} {'frames/s':>9} {'peak GiB':>9} {'mean|flow|':>11} {'mean|dflow|':>12} "
-          f"{'max|dflow|':>11}", flush=True)
+    print(f"{'size':>10} {'dtype':>9} {'tf32':>5} {'frames/s':>9} {'peak GiB':>9} {'mean|flow|':>11} "
+          f"{'EPE delta':>10} {'max delta':>10}", flush=True)
     rows = []
     for height, width in sizes:
         frames_t, frames_t1 = frame_pairs(batch, height, width)
-        flows = {}
-        for dtype in ("float32", "bfloat16"):
-            fps, flows[dtype], peak = time_estimator(model, frames_t, frames_t1, iters, dtype, repeats, device)
-            delta = np.abs(flows[dtype] - flows["float32"])
-            row = {"height": height, "width": width, "dtype": dtype, "frames_per_s": fps, "peak_gib": peak,
-                   "mean_abs_flow": float(np.abs(flows[dtype]).mean()),
-                   "mean_abs_delta_vs_fp32": float(delta.mean()), "max_abs_delta_vs_fp32": float(delta.max()),
-                   "finite": bool(np.isfinite(flows[dtype]).all())}
+        reference = None
+        for dtype, tf32 in SETTINGS:
+            fps, flow, peak = time_estimator(model, frames_t, frames_t1, iters, dtype, tf32, repeats, device)
+            reference = flow if reference is None else reference
+            delta = endpoint_delta(flow, reference)
+            row = {"height": height, "width": width, "dtype": dtype, "tf32": tf32, "frames_per_s": fps,
+                   "peak_gib": peak, "mean_abs_flow": float(np.abs(flow).mean()),
+                   "epe_delta_vs_strict_fp32": float(delta.mean()), "max_delta_vs_strict_fp32": float(delta.max()),
+                   "finite": bool(np.isfinite(flow).all())}
             rows.append(row)
-            print(f"{width:>5}x{height:<4} {dtype:>9} {fps:>9.2f} {peak:>9.2f} {row['mean_abs_flow']:>11.4f} "
-                  f"{row['mean_abs_delta_vs_fp32']:>12.5f} {row['max_abs_delta_vs_fp32']:>11.4f}"
-                  + ("" if row["finite"] else "  NON-FINITE"), flush=True)
+            print(f"{width:>5}x{height:<4} {dtype:>9} {str(tf32):>5} {fps:>9.2f} {peak:>9.2f} "
+                  f"{row['mean_abs_flow']:>11.4f} {row['epe_delta_vs_strict_fp32']:>10.5f} "
+                  f"{row['max_delta_vs_strict_fp32']:>10.4f}" + ("" if row["finite"] else "  NON-FINITE"), flush=True)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"info": info, "rows": rows}, indent=1))

@@ -34,6 +34,7 @@ from tqdm import tqdm
 from model.coco_eval import annotation_mask
 from pipeline.flow_codec import rgb_to_flow
 from pipeline.io import setup_logging, write_json_atomic
+from pipeline.stores import stored_frame
 
 
 def ring(mask: np.ndarray, occupied: np.ndarray, ring_px: int) -> np.ndarray:
@@ -95,7 +96,8 @@ def object_motion(gt: dict[str, Any], stores: dict[int, tuple[Path, zarr.Array]]
         if t >= array.shape[0] or tuple(array.shape[1:3]) != (img["height"], img["width"]):
             raise ValueError(f"{path}: video {video} flow has shape {array.shape}, frame {t} of "
                              f"{img['height']}x{img['width']} is needed; rerun rule flow")
-        out.update(frame_motions(np.asarray(array[t]), float(scales[t]), by_image[img["id"]], ring_px))
+        rgb = stored_frame(array, t, f"{path}: video {video} flow", "flow")  # a missing or bad chunk is an error
+        out.update(frame_motions(rgb, float(scales[t]), by_image[img["id"]], ring_px))
     return out
 
 

@@ -9,11 +9,14 @@ dataset's own ground-truth flow (`GroundTruthFlow`, the oracle: the upper bound 
 encoded and stored exactly like estimated flow; a dataset without `flow_gt/` (real YouTube-VIS) is an error.
 
 Store, one per shard (docs/design.md "Stores"): a Zarr v3 group with one uint8 array (T, H, W, 3) per
-video named str(video_id), chunk one frame, Zstd; group attributes `estimator`, `params` (the flow
-section), `checkpoint_sha256`, `iters`, `dtype`, `videos`, `encoding`, and `content_sha256` (the digest of
-its arrays, pipeline.identity); each array's attribute `scale` holds its frames' normalisation divisors (T,),
-so the flow in pixels is recoverable (flow_codec.rgb_to_flow). It is written into a temporary folder and
-renamed when complete; `open_flow_store` refuses a store made with other settings.
+video named str(video_id), one shard per video (one file) holding chunks of one frame, Zstd: a video is 7
+inodes (its zarr.json, the shard, 5 folders) whatever its length, where one file per frame took 4 T + 3.
+Group attributes `estimator`, `params` (the flow section), `checkpoint_sha256`, `iters`, `dtype`, `videos`,
+`encoding`, and `content_sha256` (the digest of its arrays, pipeline.identity); each array's attribute
+`scale` holds its frames' normalisation divisors (T,), so the flow in pixels is recoverable
+(flow_codec.rgb_to_flow). It is written into a temporary folder and renamed when complete; `open_flow_store`
+refuses a store made with other settings. The frames of a video are encoded in a pool of the job's
+--threads (`write_shard`), with the same bytes for any thread count.
 
 CLI (rule `flow`): python -m pipeline.flow --root R --annotations train.json --shard K --params JSON
   --out results/flow/shard_K.zarr --log-json logs/flow/shard_K.json [--num-videos N]
@@ -31,7 +34,7 @@ import shutil
 import sys
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -53,7 +56,7 @@ DisPreset = Literal["ultrafast", "fast", "medium"]
 RaftModel = Literal["small", "large"]
 
 ENCODING = "baker-colour-wheel (GMA flow_viz), per-frame max radius + 1e-5"
-STORE_FORMAT = 1  # bump when the store layout changes; readers refuse other versions
+STORE_FORMAT = 2  # bump when the store layout changes; readers refuse other versions (2: one shard per video)
 ZSTD_LEVEL = 3
 
 # Where the official GMA checkpoints live (github.com/zacjiang/GMA, branch main, folder checkpoints/).
@@ -75,15 +78,20 @@ def _check_choice(value: Any, choices: type, field: str) -> None:
 
 @dataclass(frozen=True)
 class GmaParams:
-    """flow.gma: the checkpoint file, refinement iterations, and the autocast dtype (float32 = none)."""
+    """flow.gma: the checkpoint file, refinement iterations, the autocast dtype (float32 = none), and whether CUDA
+    matmuls and convolutions may use TF32 (off: strict float32, until benchmarks/gpu_check_gma.py has shown
+    on a GPU that it leaves the flow unchanged)."""
     checkpoint: str
     iters: int
     dtype: GmaDtype
+    tf32: bool = False
 
     def __post_init__(self) -> None:
         _check_choice(self.dtype, GmaDtype, "flow.gma.dtype")
         if not isinstance(self.iters, int) or self.iters < 1:
             raise ValueError(f"config flow.gma.iters: expected an integer >= 1, got {self.iters!r}")
+        if not isinstance(self.tf32, bool):
+            raise ValueError(f"config flow.gma.tf32: expected true or false, got {self.tf32!r}")
 
 
 @dataclass(frozen=True)
@@ -187,19 +195,19 @@ class DisEstimator:
 
 
 class GmaEstimator:
-    """GMA (pipeline.gma) on its model's device, `batch_size` pairs per forward pass, optional autocast."""
+    """GMA (pipeline.gma) on its model's device, `batch_size` pairs per forward pass, optional autocast and TF32."""
 
-    def __init__(self, model: Any, iters: int, dtype: GmaDtype, batch_size: int) -> None:
+    def __init__(self, model: Any, iters: int, dtype: GmaDtype, batch_size: int, tf32: bool = False) -> None:
         if batch_size < 1:
             raise ValueError(f"GMA batch size must be >= 1, got {batch_size}")
-        self.model, self.iters, self.dtype, self.batch_size = model, iters, dtype, batch_size
+        self.model, self.iters, self.dtype, self.batch_size, self.tf32 = model, iters, dtype, batch_size, tf32
 
     def __call__(self, frames_t: np.ndarray, frames_t1: np.ndarray) -> np.ndarray:
         """(B, H, W, 3) uint8 RGB pairs -> (B, H, W, 2) float32 flow F(t -> t+1)."""
         from pipeline.gma import estimate_flow
         _check_pairs(frames_t, frames_t1)
         parts = [estimate_flow(self.model, frames_t[i:i + self.batch_size], frames_t1[i:i + self.batch_size],
-                               iters=self.iters, dtype=self.dtype)
+                               iters=self.iters, dtype=self.dtype, tf32=self.tf32)
                  for i in range(0, frames_t.shape[0], self.batch_size)]
         return np.concatenate(parts).astype(np.float32, copy=False)
 
@@ -377,7 +385,7 @@ def make_estimator(params: FlowParams, device: str | None = None, batch_size: in
                 raise FileNotFoundError(missing_checkpoint_message(checkpoint))
             from pipeline.gma import load_gma
             model = load_gma(checkpoint, device=device or default_device())
-            return GmaEstimator(model, params.gma.iters, params.gma.dtype, batch_size)
+            return GmaEstimator(model, params.gma.iters, params.gma.dtype, batch_size, params.gma.tf32)
         case "raft":
             return RaftEstimator(load_raft(params.raft, device or default_device()), params.raft.iters, batch_size)
         case "dis":
@@ -417,9 +425,14 @@ def flows_of(video: Video, frames: np.ndarray, source: FlowSource) -> np.ndarray
     return video_flow(frames, source)
 
 
-def encode_video(flows: np.ndarray) -> np.ndarray:
-    """(T, H, W, 2) float flow -> (T, H, W, 3) uint8, each frame normalised on its own (flow_to_rgb)."""
-    return np.stack([flow_to_rgb(flow) for flow in flows])
+def encode_video(flows: np.ndarray, pool: Executor | None = None) -> np.ndarray:
+    """(T, H, W, 2) float flow -> (T, H, W, 3) uint8, each frame normalised on its own (flow_to_rgb); the
+    frames are encoded in `pool` when given (numpy releases the GIL), the result is the same either way."""
+    frames = pool.map(flow_to_rgb, flows) if pool is not None else map(flow_to_rgb, flows)
+    rgb = np.empty(flows.shape[:-1] + (3,), np.uint8)
+    for t, frame in enumerate(frames):
+        rgb[t] = frame
+    return rgb
 
 
 def read_frames(root: str | os.PathLike, video: Video) -> np.ndarray:
@@ -443,11 +456,24 @@ def store_attributes(params: FlowParams, videos: Sequence[int], checkpoint_sha25
 
 
 def write_video(group: zarr.Group, video_id: int, rgb: np.ndarray) -> None:
-    """Store one video's (T, H, W, 3) uint8 encoded flow as array str(video_id), chunk one frame, Zstd."""
-    array = group.create_array(name=str(video_id), shape=rgb.shape, dtype="uint8",
-                               chunks=(1,) + rgb.shape[1:], compressors=zarr.codecs.ZstdCodec(level=ZSTD_LEVEL),
-                               fill_value=0)
+    """Store one video's (T, H, W, 3) uint8 encoded flow as array str(video_id): one shard (file) per video,
+    chunks of one frame inside, Zstd; zarr compresses the chunks concurrently in its thread pool."""
+    array = group.create_array(name=str(video_id), shape=rgb.shape, dtype="uint8", chunks=(1,) + rgb.shape[1:],
+                               shards=rgb.shape, compressors=zarr.codecs.ZstdCodec(level=ZSTD_LEVEL),
+                               fill_value=0, config={"write_empty_chunks": True})  # no frame left out of a shard
     array[...] = rgb  # whole video in one assignment
+
+
+def store_video(group: zarr.Group, video_id: int, flows: np.ndarray, encoder: Executor) -> tuple[float, float]:
+    """Encode one video's (T, H, W, 2) flow in `encoder`'s threads, store it (write_video) with its per-frame
+    divisors as the array's `scale` attribute; returns the seconds spent encoding and writing."""
+    began = time.perf_counter()
+    rgb = encode_video(flows, encoder)
+    scales = [float(scale) for scale in encoder.map(flow_scale, flows)]  # (T,) divisors
+    mid = time.perf_counter()
+    write_video(group, video_id, rgb)
+    group[str(video_id)].attrs["scale"] = scales
+    return mid - began, time.perf_counter() - mid
 
 
 def remove_stale_temps(out: Path) -> list[Path]:
@@ -533,12 +559,15 @@ class ShardTimes:
 
 
 def write_shard(out: str | os.PathLike, root: str | os.PathLike, videos: Sequence[Video],
-                estimate: FlowSource, attributes: dict, progress: bool = True) -> ShardTimes:
+                estimate: FlowSource, attributes: dict, progress: bool = True, threads: int = 1) -> ShardTimes:
     """Compute and store the encoded flow of `videos` into a new store at `out`, atomically, with `attributes`
     and the content digest of what it wrote (pipeline.identity.DIGEST_ATTR).
 
-    While the estimator works on video i, one thread decodes video i+1 and another encodes and writes
-    video i-1 (numpy, OpenCV and Zstd release the GIL), so on two cores the overhead mostly hides."""
+    While the estimator works on video i, one thread decodes video i+1 and another hands video i-1 to a
+    pool of `threads` threads that encode its frames (numpy, OpenCV and Zstd release the GIL) before zarr
+    compresses and writes them; the store's bytes do not depend on `threads`."""
+    if threads < 1:
+        raise ValueError(f"write_shard: threads must be >= 1, got {threads}")
     out = Path(out)
     times = ShardTimes()
     start = time.perf_counter()
@@ -551,16 +580,14 @@ def write_shard(out: str | os.PathLike, root: str | os.PathLike, videos: Sequenc
         return frames
 
     def store(group: zarr.Group, video_id: int, flows: np.ndarray) -> None:
-        began = time.perf_counter()
-        rgb = encode_video(flows)
-        mid = time.perf_counter()
-        write_video(group, video_id, rgb)
-        group[str(video_id)].attrs["scale"] = [float(flow_scale(flow)) for flow in flows]  # (T,) divisors
-        times.encode += mid - began
-        times.write += time.perf_counter() - mid
+        encode, write = store_video(group, video_id, flows, encoder)
+        times.encode += encode
+        times.write += write
 
     # the pools are shut down (waiting for their tasks) before atomic_dir commits or removes the folder
-    with atomic_dir(out) as tmp, ThreadPoolExecutor(1) as reader, ThreadPoolExecutor(1) as writer:
+    # (the writer's tasks use the encoder pool, so it closes after them)
+    with (atomic_dir(out) as tmp, ThreadPoolExecutor(threads, thread_name_prefix="flow-encode") as encoder,
+          ThreadPoolExecutor(1) as reader, ThreadPoolExecutor(1) as writer):
         group = zarr.open_group(tmp, mode="w", zarr_format=3)
         pending: list[Future] = []
         upcoming = reader.submit(load, videos[0]) if videos else None
@@ -599,6 +626,7 @@ def estimator_cli(description: str | None) -> argparse.ArgumentParser:
 def estimator_from_args(args: argparse.Namespace) -> tuple[FlowParams, FlowSource]:
     """The flow params and estimator an `estimator_cli` command line asks for, with its thread count set."""
     if args.threads:
+        zarr.config.set({"threading.max_workers": args.threads})  # zarr's codec pool (made on first use)
         cv2.setNumThreads(args.threads)
         import torch
         torch.set_num_threads(args.threads)
@@ -626,7 +654,8 @@ def main(argv: list[str] | None = None) -> None:
     sha = file_sha256(params.gma.checkpoint) if params.estimator == "gma" else None
     log.info("shard %d: %d videos, estimator %s", args.shard, len(videos), params.estimator)
     start = time.perf_counter()
-    times = write_shard(args.out, args.root, videos, estimate, store_attributes(params, shard_ids, sha))
+    times = write_shard(args.out, args.root, videos, estimate, store_attributes(params, shard_ids, sha),
+                        threads=args.threads or 1)
     seconds = time.perf_counter() - start
     frames = sum(v.length for v in videos)
     write_json_atomic(args.log_json, {

@@ -59,12 +59,13 @@ class Aggregate(nn.Module):
         self.project = nn.Conv2d(inner_dim, dim, 1, bias=False) if inner_dim != dim else None
 
     def forward(self, attention: Tensor, motion: Tensor) -> Tensor:
-        """attention (B, heads, N, N), motion (B, dim, h, w) -> (B, dim, h, w)."""
+        """attention (B, heads, N, N), motion (B, dim, h, w) -> (B, dim, h, w). The attention comes in the dtype
+        the update runs in (GMA.forward casts it once per pair, not here in every iteration)."""
         batch, _, height, width = motion.shape
         v = self.to_v(motion)  # (B, heads*d, h, w)
         # (B, heads*d, h, w) -> (B, heads, d, N) -> (B, heads, N, d)
         v = v.reshape(batch, self.num_heads, self.head_dim, height * width).transpose(2, 3)
-        out = torch.matmul(attention.to(v.dtype), v)  # (B, heads, N, d)
+        out = torch.matmul(attention, v)  # (B, heads, N, d)
         # (B, heads, N, d) -> (B, heads, d, N) -> (B, heads*d, h, w)
         out = out.transpose(2, 3).reshape(batch, self.num_heads * self.head_dim, height, width)
         if self.project is not None:

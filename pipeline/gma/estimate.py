@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Literal
 
 import numpy as np
@@ -55,6 +57,19 @@ def resolve_autocast(dtype: AutocastName | torch.dtype | None) -> torch.dtype | 
     return _AUTOCAST[dtype]
 
 
+@contextlib.contextmanager
+def tf32_allowed(enabled: bool) -> Iterator[None]:
+    """Within the block, CUDA matmuls and cuDNN convolutions may use TF32 (enabled) or run strict float32 (not);
+    the previous settings are restored after. PyTorch's defaults differ (matmul off, cuDNN on): False makes the
+    whole network strict float32. No effect on the CPU or inside a bfloat16/float16 autocast region's casts."""
+    matmul, cudnn = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = enabled
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = matmul, cudnn
+
+
 def _frames_to_tensor(frames: np.ndarray | Tensor, name: str, device: torch.device) -> Tensor:
     """(B, H, W, 3) uint8 or float RGB in [0, 255] -> (B, 3, H, W) float32 on device."""
     if frames.ndim != 4 or frames.shape[-1] != 3:
@@ -70,13 +85,15 @@ def _frames_to_tensor(frames: np.ndarray | Tensor, name: str, device: torch.devi
 
 
 def estimate_flow(model: GMA, frames_t: np.ndarray | Tensor, frames_t1: np.ndarray | Tensor,
-                  iters: int = 12, dtype: AutocastName | torch.dtype | None = None) -> np.ndarray | Tensor:
+                  iters: int = 12, dtype: AutocastName | torch.dtype | None = None,
+                  tf32: bool = False) -> np.ndarray | Tensor:
     """Forward flow F(t -> t+1) for a batch of frame pairs, at the frames' own resolution.
 
     frames_t, frames_t1: (B, H, W, 3) RGB, uint8 or float in [0, 255], numpy or torch (any H, W).
     Frames are padded (replicate, split evenly, each side to a multiple of 8 and >= model.min_size),
     run through `model` (which must be in eval mode) on its device, and the flow is cropped back.
     dtype: "float32" / None (plain), or "bfloat16" / "float16" autocast (meant for CUDA).
+    tf32: let CUDA matmuls and convolutions use TF32 (`tf32_allowed`); False runs float32 strictly.
     Returns (B, H, W, 2) float32 flow in pixels, (u, v) = (+x right, +y down): a numpy array when
     frames_t is numpy, otherwise a tensor on the model's device.
     """
@@ -90,7 +107,7 @@ def estimate_flow(model: GMA, frames_t: np.ndarray | Tensor, frames_t1: np.ndarr
     image2 = _frames_to_tensor(frames_t1, "frames_t1", device)
     height, width = image1.shape[-2:]
     pads = pad_amounts(height, width, model.min_size)
-    with torch.inference_mode():
+    with torch.inference_mode(), tf32_allowed(tf32):
         _, flow_up = model(pad_images(image1, pads), pad_images(image2, pads), iters=iters,
                            test_mode=True, autocast_dtype=resolve_autocast(dtype))
         flow = unpad(flow_up, pads).permute(0, 2, 3, 1).float()  # (B, 2, H, W) -> (B, H, W, 2)

@@ -100,6 +100,8 @@ class GMA(nn.Module):
             hidden = torch.tanh(hidden)
             context = torch.relu(context)
             attention = self.att(context)  # (B, heads, N, N), computed once per pair
+        if autocast_dtype is not None:  # cast once here, not in every iteration's aggregation (N^2 per pair)
+            attention = attention.to(autocast_dtype)
 
         coords0 = coords_grid(batch, height // STRIDE, width // STRIDE, image1.device)
         coords1 = coords0.clone()

@@ -16,7 +16,7 @@ from pipeline.index import main as index_main
 from pipeline.shards import num_shards, videos_of_shard
 from pipeline.synthetic import SyntheticParams, video_name, write_dataset
 
-from damage import damage_chunk, damage_frame, set_store_attribute
+from damage import corrupt_shard_chunk, damage_chunk, damage_frame, drop_shard_chunk, set_store_attribute
 
 SHARD_SIZE = 2
 AFFINITY = AffinityParams(theta_color=2.0, tau_color=0.3, theta_flow=0.5, tau_flow=0.6, bottom_rows=4)
@@ -78,17 +78,17 @@ def damaged_copy(tiny: dict[str, Path], out: Path, how: str) -> tuple[dict[str, 
     frame = paths["frames"] / f"{video_name(BAD_VIDEO)}" / f"{BAD_FRAME:05d}.jpg"
     flow_store = paths["flow"] / f"shard_{BAD_SHARD}.zarr"
     affinity_store = paths["affinity"] / f"shard_{BAD_SHARD}.zarr"
-    flow_chunk = flow_store / str(BAD_VIDEO) / "c" / str(BAD_FRAME) / "0" / "0" / "0"
     pairs_shard = affinity_store / str(BAD_VIDEO) / "color" / "c" / "0" / "0" / "0"  # one shard per video
     if how in FRAME_DAMAGE:
         damage_frame(frame, how)
         return paths, f"{frame}: video {BAD_VIDEO} frame {BAD_FRAME} " + (
             "is a truncated JPEG" if how == "truncated_jpeg" else "is 64x68, train.json says 64x64")
     if how in ("flow_missing_chunk", "flow_corrupt_chunk"):
-        damage_chunk(flow_chunk, how.removeprefix("flow_"))
+        damage = drop_shard_chunk if how == "flow_missing_chunk" else corrupt_shard_chunk
+        damage(flow_store / str(BAD_VIDEO), BAD_FRAME)  # only this frame's chunk in the video's shard
         verb = "is missing" if how == "flow_missing_chunk" else "cannot be decoded"
         return paths, (f"{flow_store}: video {BAD_VIDEO} flow: frame {BAD_FRAME}: chunk "
-                       f"{BAD_VIDEO}/c/{BAD_FRAME}/0/0/0 {verb}")
+                       f"{BAD_VIDEO}/c/0/0/0/0 {verb}")
     if how in ("pairs_missing_chunk", "pairs_corrupt_chunk"):
         damage_chunk(pairs_shard, how.removeprefix("pairs_"))
         verb = "is missing" if how == "pairs_missing_chunk" else "cannot be decoded"

@@ -17,7 +17,10 @@ from model.subsets import define_subsets
 from pipeline.flow import DisEstimator, FlowParams, read_frames, store_attributes, video_flow, write_shard
 from pipeline.flow_codec import flow_scale, flow_to_rgb, rgb_to_flow
 from pipeline.split import to_coco
+from pipeline.stores import CorruptStore
 from pipeline.ytvis import load_ytvis
+
+from damage import corrupt_shard_chunk
 
 H, W = 40, 60
 
@@ -96,7 +99,8 @@ def test_store_without_scale_and_missing_video_are_clear_errors(tmp_path: Path) 
 def test_flow_stage_store_decodes_to_the_estimated_flow(tmp_path: Path,
                                                         make_ytvis: Callable[..., Path]) -> None:
     """The flow stage (write_shard with DIS) keeps per-frame scales with which the stored colours decode to the
-    estimator's own flow, and the CLI writes one motion per annotation."""
+    estimator's own flow, and the CLI writes one motion per annotation; a corrupt frame in a video's shard is
+    an error naming store, video and frame, and nothing is written."""
     root = make_ytvis(videos=2, frames=3, height=32, width=48)
     dataset = load_ytvis(str(root), "train.json")
     estimator = DisEstimator("fast")
@@ -120,3 +124,7 @@ def test_flow_stage_store_decodes_to_the_estimated_flow(tmp_path: Path,
     written = json.loads((tmp_path / "motion.json").read_text())
     assert len(written["motion"]) == len(json.loads(gt_path.read_text())["annotations"]) > 0
     assert written["unit"] == "px/frame" and written["ring_px"] == 2
+    corrupt_shard_chunk(out / str(ids[0]), 1)  # frame 1 of the first video, inside its shard
+    with pytest.raises(CorruptStore, match=f"{out}: video {ids[0]} flow: frame 1: chunk {ids[0]}/c/0/0/0/0 cannot"):
+        main(["--gt", str(gt_path), "--flow", str(out), "--ring-px", "2", "--out", str(tmp_path / "bad.json")])
+    assert not (tmp_path / "bad.json").exists()

@@ -13,7 +13,7 @@ import yaml
 from pipeline import affinity as aff
 from pipeline.io import params_from_json
 
-from damage import damage_chunk, damage_frame, leftovers, set_store_attribute
+from damage import corrupt_shard_chunk, damage_frame, drop_shard_chunk, leftovers, set_store_attribute
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -357,14 +357,14 @@ def test_bad_input_fails_the_job_naming_it_and_leaves_nothing(make_ytvis, tmp_pa
     frame = root / "JPEGImages" / "vid005ab" / "00010.jpg"  # video 136 frame 2, after video 129 was computed
     expected = {"truncated_jpeg": f"{frame}: video 136 frame 2 is a truncated JPEG",
                 "wrong_size": f"{frame}: video 136 frame 2 is 32x28, train.json says 32x24",
-                "missing_chunk": f"{flow_store}: video 136 flow: frame 2: chunk 136/c/2/0/0/0 is missing",
-                "corrupt_chunk": f"{flow_store}: video 136 flow: frame 2: chunk 136/c/2/0/0/0 cannot be decoded",
+                "missing_chunk": f"{flow_store}: video 136 flow: frame 2: chunk 136/c/0/0/0/0 is missing",
+                "corrupt_chunk": f"{flow_store}: video 136 flow: frame 2: chunk 136/c/0/0/0/0 cannot be decoded",
                 "flow_store_of_another_shard": f"{flow_store}: holds videos [101, 108, 115, 122], expected [129, 136]",
-                "flow_store_of_another_format": f"{flow_store}: store format 0, this code reads 1"}[how]
+                "flow_store_of_another_format": f"{flow_store}: store format 0, this code reads 2"}[how]
     if how in ("truncated_jpeg", "wrong_size"):
         damage_frame(frame, how)
-    elif how in ("missing_chunk", "corrupt_chunk"):
-        damage_chunk(flow_store / "136" / "c" / "2" / "0" / "0" / "0", how)
+    elif how in ("missing_chunk", "corrupt_chunk"):  # frame 2 inside the video's shard; frames 0, 1 still read
+        (drop_shard_chunk if how == "missing_chunk" else corrupt_shard_chunk)(flow_store / "136", 2)
     elif how == "flow_store_of_another_format":
         set_store_attribute(flow_store, ("format",), 0)
     out = tmp_path / "affinity" / "shard_1.zarr"

@@ -21,13 +21,15 @@ from pipeline import flow
 from pipeline.flow import (DisEstimator, FlowParams, FlowStoreMismatch, GmaEstimator, file_sha256,
                            make_estimator, open_flow_store, store_attributes, video_flow, write_shard)
 from pipeline.flow_codec import flow_to_rgb
+from pipeline.identity import DIGEST_ATTR, store_digest
+from pipeline.stores import CorruptStore, stored_frame
 from pipeline.ytvis import load_ytvis
 
-from damage import damage_frame, leftovers
+from damage import damage_frame, leftovers, read_one_shard
 
 REPO = Path(__file__).resolve().parents[2]
 SECTION = {"estimator": "dis", "shard_size": 2,
-           "gma": {"checkpoint": "weights/gma-sintel.pth", "iters": 12, "dtype": "float32"},
+           "gma": {"checkpoint": "weights/gma-sintel.pth", "iters": 12, "dtype": "float32", "tf32": False},
            "raft": {"model": "large", "weights": "C_T_SKHT_V2", "iters": 12},
            "dis": {"preset": "medium"}}
 
@@ -113,6 +115,9 @@ def test_params_errors_name_the_field():
         params(dis__preset="slow")
     with pytest.raises(ValueError, match="flow.gma.dtype"):
         params(gma__dtype="int8")
+    with pytest.raises(ValueError, match="flow.gma.tf32: expected true or false, got 'yes'"):
+        params(gma__tf32="yes")
+    assert params().gma.tf32 is False and params(gma__tf32=True).as_dict()["gma"]["tf32"] is True  # recorded
     with pytest.raises(ValueError, match=r"unknown keys \['extra'\]"):
         FlowParams.from_json(json.dumps({**SECTION, "extra": 1}), "test")
     with pytest.raises(ValueError, match="flow.gma.*missing keys"):
@@ -561,3 +566,70 @@ def test_raft_weights_local_file_and_offline_message(tmp_path, monkeypatch):
     cache = raft_cache_path("large", "C_T_SKHT_V2")
     assert cache.name == "raft_large_C_T_SKHT_V2-ff5fadd5.pth"
     assert str(cache) in str(info.value) and "flow.raft.weights" in str(info.value)
+
+
+def test_pooled_job_writes_the_single_threaded_store_byte_for_byte(tmp_path):
+    """write_shard with a pool of 3 encoding threads writes what it writes with 1: the same decoded arrays (both
+    equal to a plain loop of flow_to_rgb over DIS's flow), per-frame scales and content digest, which is the
+    digest of the files (pipeline.identity)."""
+    root = tmp_path / "data"
+    frames = make_dataset(root, lengths=[5, 1, 4])
+    videos = load_ytvis(root, "train.json").videos
+    attrs = store_attributes(params(shard_size=3), [v.id for v in videos], None)
+    outs = {n: tmp_path / f"threads_{n}" / "shard_0.zarr" for n in (1, 3)}
+    for n, out in outs.items():
+        write_shard(out, root, videos, DisEstimator("fast"), attrs, progress=False, threads=n)
+    one, pooled = (zarr.open_group(outs[n], mode="r") for n in (1, 3))
+    assert one.attrs[DIGEST_ATTR] == pooled.attrs[DIGEST_ATTR] == store_digest(outs[3]) == store_digest(outs[1])
+    for video in videos:
+        flows = video_flow(frames[video.id], DisEstimator("fast"))
+        expected = np.stack([flow_to_rgb(f) for f in flows])
+        np.testing.assert_array_equal(one[str(video.id)][...], expected)
+        np.testing.assert_array_equal(pooled[str(video.id)][...], expected)
+        assert one[str(video.id)].attrs["scale"] == pooled[str(video.id)].attrs["scale"]
+        max_radius = [np.sqrt((f.astype(np.float64) ** 2).sum(-1)).max() + 1e-5 for f in flows]  # (T,)
+        np.testing.assert_allclose(pooled[str(video.id)].attrs["scale"], max_radius, rtol=1e-6)
+
+
+def test_sharded_video_reads_back_as_the_one_file_per_frame_layout(tmp_path):
+    """The same encoded flow written by write_video (one shard per video, store format 2) and in format 1's layout
+    (one chunk file per frame, written here with zarr directly) reads back identical frame by frame through
+    stored_frame; each frame's compressed bytes inside the shard are that frame's chunk file; 2 files, not T + 1."""
+    rng = np.random.default_rng(0)
+    rgb = flow.encode_video(rng.normal(0, 3, (6, 40, 56, 2)).astype(np.float32))  # (T, H, W, 3)
+    sharded = zarr.open_group(tmp_path / "sharded.zarr", mode="w", zarr_format=3)
+    flow.write_video(sharded, 7, rgb)
+    per_frame = zarr.open_group(tmp_path / "per_frame.zarr", mode="w", zarr_format=3)
+    per_frame.create_array("7", shape=rgb.shape, dtype="uint8", chunks=(1,) + rgb.shape[1:], fill_value=0,
+                           compressors=zarr.codecs.ZstdCodec(level=flow.ZSTD_LEVEL))[...] = rgb
+    for t in range(len(rgb)):
+        frames = [stored_frame(group["7"], t, f"{name}: video 7 flow", "flow")
+                  for name, group in (("sharded", sharded), ("per_frame", per_frame))]
+        np.testing.assert_array_equal(frames[0], rgb[t])
+        np.testing.assert_array_equal(frames[1], rgb[t])
+    shard, data, table = read_one_shard(tmp_path / "sharded.zarr" / "7")
+    for t, (offset, nbytes) in enumerate(table):
+        assert bytes(data[offset:offset + nbytes]) == (tmp_path / "per_frame.zarr" / "7" / "c" / str(t) / "0" / "0"
+                                                       / "0").read_bytes()
+    files = {name: sorted(p for p in (tmp_path / name / "7").rglob("*") if p.is_file())
+             for name in ("sharded.zarr", "per_frame.zarr")}
+    assert len(files["sharded.zarr"]) == 2 and len(files["per_frame.zarr"]) == len(rgb) + 1
+
+
+@pytest.mark.parametrize("keep", ["half", "10 bytes"])
+def test_truncated_shard_is_an_error_naming_store_video_and_frame(tmp_path, keep):
+    """A video's shard cut short (a full disk, a killed copy) fails the shard index's CRC32C: every frame of
+    the video is an error naming the store, the video, the frame and the shard, never zeros."""
+    root = tmp_path / "data"
+    make_dataset(root, lengths=[2, 3])
+    out = tmp_path / "shard_0.zarr"
+    write_shard(out, root, load_ytvis(root, "train.json").videos, DisEstimator("fast"),
+                store_attributes(params(), [10, 13], None), progress=False)
+    shard = out / "13" / "c" / "0" / "0" / "0" / "0"
+    data = shard.read_bytes()
+    shard.write_bytes(data[:len(data) // 2] if keep == "half" else data[:10])
+    array = open_flow_store(out, params(), [10, 13])["13"]
+    for t in range(3):
+        with pytest.raises(CorruptStore, match=f"{out}: video 13 flow: frame {t}: chunk 13/c/0/0/0/0 cannot be "
+                                               f"decoded .*rerun rule flow"):
+            stored_frame(array, t, f"{out}: video 13 flow", "flow")

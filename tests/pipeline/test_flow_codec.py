@@ -135,3 +135,17 @@ def test_colours_equal_a_per_pixel_loop():
             col = (1 - f) * (WHEEL[k0, c] / 255.0) + f * (WHEEL[k1, c] / 255.0)
             col = 1 - r * (1 - col) if r <= 1 else col * 0.75
             assert out[y, x, c] == int(np.floor(255 * col)), (y, x, c)
+
+
+def test_blocks_of_rows_give_the_whole_frame_bytes():
+    # 100 x 700: blocks of 46 rows (BLOCK_PIXELS // 700), the last one ragged; the largest flow sits in the
+    # last block, so a per-block normalisation would show. Reference: the same steps on the whole frame.
+    from pipeline.flow_codec import BLOCK_PIXELS, _colors, _hue_index, flow_scale
+    assert 2 < 100 / (BLOCK_PIXELS // 700) < 3
+    rng = np.random.default_rng(11)
+    flow = rng.normal(0, 3, (100, 700, 2)).astype(np.float32)
+    flow[97, 5] = (40.0, -30.0)
+    scale = flow_scale(flow)
+    u, v = flow[..., 0] / scale, flow[..., 1] / scale
+    whole = _colors(_hue_index(u, v), np.sqrt(np.square(u) + np.square(v)))
+    np.testing.assert_array_equal(flow_to_rgb(flow), whole)

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from pipeline.gma import (GMA, CheckpointMismatchError, estimate_flow, load_gma, pad_amounts, pad_images,
-                          unpad, upsample_flow_convex)
+                          tf32_allowed, unpad, upsample_flow_convex)
 from pipeline.gma.attention import Aggregate, Attention
 from pipeline.gma.corr import CorrPyramid, coords_grid
 
@@ -357,6 +357,38 @@ def test_estimate_flow_bfloat16_autocast_runs(model: GMA) -> None:
     assert flow16.dtype == np.float32 and np.isfinite(flow16).all()
     assert not np.array_equal(flow16, flow32)  # autocast really ran in lower precision
     assert np.abs(flow16 - flow32).mean() < 0.1 * np.abs(flow32).mean() + 0.05
+
+
+def test_autocast_attention_is_converted_once_not_per_iteration(model: GMA) -> None:
+    """Under bfloat16 autocast the (B, heads, N, N) attention, the largest tensor of the update (N = h*w at 1/8
+    resolution: ~0.8 GB per 720p pair in float32), goes through one dtype conversion per forward pass: the
+    profiler sees one aten::to of that shape over 2 refinement iterations (the aggregation used to do one in each)."""
+    image1, image2 = (torch.from_numpy(f).permute(0, 3, 1, 2).float() for f in frames(1, 128, 128, seed=5))
+    n = (128 // 8) ** 2
+    with torch.profiler.profile(record_shapes=True) as prof, torch.inference_mode():
+        model(image1, image2, iters=2, autocast_dtype=torch.bfloat16)
+    conversions = [e for e in prof.events() if e.name == "aten::to" and e.input_shapes
+                   and list(e.input_shapes[0][-2:]) == [n, n]]
+    assert len(conversions) == 1, [e.input_shapes[0] for e in conversions]
+
+
+@pytest.mark.parametrize("tf32", [False, True])
+def test_estimate_flow_sets_tf32_for_its_call_only(model: GMA, tf32: bool) -> None:
+    """flow.gma.tf32: the network runs with CUDA matmul and cuDNN TF32 both set to the flag (PyTorch's defaults
+    differ: matmul off, cuDNN on); the caller's settings are back afterwards, also after an error in the block."""
+    before = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    seen = []
+    hook = model.fnet.register_forward_hook(
+        lambda *_: seen.append((torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)))
+    try:
+        estimate_flow(model, *frames(1, 128, 128, seed=2), iters=1, tf32=tf32)
+        assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == before
+        with pytest.raises(RuntimeError, match="inside"), tf32_allowed(tf32):
+            raise RuntimeError("inside")
+    finally:
+        hook.remove()
+    assert seen == [(tf32, tf32)]
+    assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == before
 
 
 def test_estimate_flow_rejects_bad_input(model: GMA, checkpoint: Path) -> None:
