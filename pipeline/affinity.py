@@ -81,7 +81,9 @@ def rgb_to_lab(rgb: np.ndarray) -> np.ndarray:
         raise ValueError(f"rgb_to_lab expects uint8 (H, W, 3), got {rgb.dtype} {rgb.shape}")
     linear = _LINEAR_OF_UINT8[rgb]                               # (H, W, 3) float64
     xyz = linear @ (_XYZ_FROM_RGB.T / _WHITE_D65)                # (H, W, 3), white-normalised
-    f = np.where(xyz > 0.008856, np.cbrt(xyz), 7.787 * xyz + 16.0 / 116.0)
+    f = np.cbrt(xyz)
+    linear_part = xyz <= 0.008856                                # dark colours only: fix those few up
+    f[linear_part] = 7.787 * xyz[linear_part] + 16.0 / 116.0
     lab = np.empty(rgb.shape, dtype=np.float32)
     lab[..., 0] = 116.0 * f[..., 1] - 16.0
     lab[..., 1] = 500.0 * (f[..., 0] - f[..., 1])
@@ -95,7 +97,8 @@ def grid_shape(height: int, width: int) -> tuple[int, int]:
 
 
 def pool_sum_counts(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-cell sums of a uint8 (H, W, C) image over 4×4 cells: uint16 (h, w, C), and pixel counts (h, w, 1)."""
+    """Per-cell sums of a uint8 (H, W, C) image over 4×4 cells, channel-first: uint16 (C, h, w), and pixel counts
+    (h, w). Rows are summed in the image's layout, columns on channel planes (long loops, not runs of C)."""
     height, width, channels = image.shape
     h, w = grid_shape(height, width)
     if (height, width) != (h * GRID_STRIDE, w * GRID_STRIDE):       # partial cells: zero-pad to whole cells
@@ -106,26 +109,30 @@ def pool_sum_counts(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     rows += image[1::4]
     rows += image[2::4]
     rows += image[3::4]
-    cells = rows.reshape(h, w, GRID_STRIDE, channels)                # (h, 4w, C) -> (h, w, 4, C)
-    sums = cells[:, :, 0] + cells[:, :, 1] + cells[:, :, 2] + cells[:, :, 3]  # (h, w, C), ≤ 16·255
+    planes = np.ascontiguousarray(rows.transpose(2, 0, 1))           # (C, h, 4w)
+    sums = planes[..., 0::4] + planes[..., 1::4]                     # (C, h, w), ≤ 16·255
+    sums += planes[..., 2::4]
+    sums += planes[..., 3::4]
     row_counts = np.minimum(height - GRID_STRIDE * np.arange(h), GRID_STRIDE)
     col_counts = np.minimum(width - GRID_STRIDE * np.arange(w), GRID_STRIDE)
-    counts = (row_counts[:, None] * col_counts[None, :]).astype(np.uint16)[..., None]  # (h, w, 1)
+    counts = (row_counts[:, None] * col_counts[None, :]).astype(np.uint16)  # (h, w)
     return sums, counts
 
 
 def pool_rgb_uint8(image: np.ndarray) -> np.ndarray:
-    """4×4 average pool of uint8 (H, W, 3), truncated to uint8 as AdelaiDet's `.byte()`: (h, w, 3) uint8."""
+    """4×4 average pool of uint8 (H, W, 3), truncated to uint8 as AdelaiDet's `.byte()`: (h, w, 3) uint8 (a view
+    of a channel-first array)."""
     sums, counts = pool_sum_counts(image)
     if image.shape[0] % GRID_STRIDE == 0 and image.shape[1] % GRID_STRIDE == 0:
-        return (sums >> 4).astype(np.uint8)                            # whole cells: // 16, without a division
-    return (sums // counts).astype(np.uint8)
+        return (sums >> 4).astype(np.uint8).transpose(1, 2, 0)       # whole cells: // 16, without a division
+    return (sums // counts).astype(np.uint8).transpose(1, 2, 0)
 
 
 def pool_unit(image: np.ndarray) -> np.ndarray:
-    """4×4 average pool of uint8 (H, W, C) scaled to [0, 1]: float32 (h, w, C) = mean / 255."""
+    """4×4 average pool of uint8 (H, W, C) scaled to [0, 1]: float32 (h, w, C) = mean / 255 (a view of a
+    channel-first array)."""
     sums, counts = pool_sum_counts(image)
-    return sums.astype(np.float32) / (counts.astype(np.float32) * np.float32(255.0))
+    return (sums.astype(np.float32) / (counts.astype(np.float32) * np.float32(255.0))).transpose(1, 2, 0)
 
 
 def _overlap(offset: int, size: int) -> tuple[slice, slice]:
