@@ -75,7 +75,7 @@ def rgb_to_lab(rgb: np.ndarray) -> np.ndarray:
 
     sRGB linearisation (threshold 0.04045), the sRGB→XYZ matrix, XYZ / D65 white (0.95047, 1, 1.08883),
     f(t) = t^(1/3) above 0.008856 else 7.787 t + 16/116; L = 116 f_y − 16, a = 500 (f_x − f_y),
-    b = 200 (f_y − f_z). Computed in float64 and returned as float32.
+    b = 200 (f_y − f_z). Computed in float64 and returned as float32 (a (H, W, 3) view of a channel-first array).
     """
     if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[-1] != 3:
         raise ValueError(f"rgb_to_lab expects uint8 (H, W, 3), got {rgb.dtype} {rgb.shape}")
@@ -84,11 +84,12 @@ def rgb_to_lab(rgb: np.ndarray) -> np.ndarray:
     f = np.cbrt(xyz)
     linear_part = xyz <= 0.008856                                # dark colours only: fix those few up
     f[linear_part] = 7.787 * xyz[linear_part] + 16.0 / 116.0
-    lab = np.empty(rgb.shape, dtype=np.float32)
-    lab[..., 0] = 116.0 * f[..., 1] - 16.0
-    lab[..., 1] = 500.0 * (f[..., 0] - f[..., 1])
-    lab[..., 2] = 200.0 * (f[..., 1] - f[..., 2])
-    return lab
+    fx, fy, fz = f.transpose(2, 0, 1)                            # (H, W) views
+    lab = np.empty((3,) + rgb.shape[:2], dtype=np.float32)       # channel-first: what neighbour_masks reads
+    lab[0] = 116.0 * fy - 16.0
+    lab[1] = 500.0 * (fx - fy)
+    lab[2] = 200.0 * (fy - fz)
+    return lab.transpose(1, 2, 0)
 
 
 def grid_shape(height: int, width: int) -> tuple[int, int]:
