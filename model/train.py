@@ -318,6 +318,12 @@ def trim_metrics(path: Path, step: int) -> None:
     write_bytes_atomic(path, "".join(line + "\n" for line in kept).encode())
 
 
+def record_has_values(record: dict) -> bool:
+    """Whether a metrics.jsonl record holds loss values: the mean of at least one finite step (`steps` >
+    `skipped`); a record of older logs with `skipped: true` was a single skipped step."""
+    return record.get("steps", 1) > record.get("skipped", 0)
+
+
 class StepStats:
     """Per-step statistics (total loss, each term, grad norm: the mean over ranks) kept on the device between
     records, so that a step never waits for the GPU: `add` accumulates the finite steps' sum, counts skipped
