@@ -1,10 +1,11 @@
-"""Time the training data loader: samples/s on one core from 640×360 and 1280×720 sources with every input (JPEG, RGB flow from the
-flow store, both packed masks from the affinity store, boxes), the paper's augmentation (short side 640–800,
-long ≤ 1333, flip 0.5) and collate into a Batch — the work one loader worker does.
+"""Time the training data loader: samples/s on one core from 640×360 and 1280×720 sources with every input
+(JPEG, RGB flow from the flow store, both packed masks from the affinity store, boxes), the paper's
+augmentation (short side 640–800, long ≤ 1333, flip 0.5) and collate into a Batch — the work one loader
+worker does.
 
-The dataset is pipeline.synthetic's generator at 640×360; its flow store holds the ground-truth flow encoded by
-pipeline.flow_codec and written by pipeline.flow's writer, its affinity store is computed by pipeline.affinity's
-stage, the index by pipeline.index — the same stores as the DAG's (docs/design.md).
+The dataset is pipeline.synthetic's generator at each source size; its flow store holds the ground-truth flow
+encoded by pipeline.flow_codec and written by pipeline.flow's writer, its affinity store is computed by
+pipeline.affinity's stage, the index by pipeline.index — the same stores as the DAG's (docs/design.md).
 
 Timing is CPU time of this process (time.process_time, all its threads: zarr decodes in threads), which moves
 less than wall time on a loaded machine; the settings take turns, best of --repeats passes.

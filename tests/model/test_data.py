@@ -244,7 +244,8 @@ def test_samples_byte_identical_to_negative_stride_route(tiny_data: dict) -> Non
         if out_hw != image.shape[:2]:
             image = cv2.resize(np.ascontiguousarray(image), out_hw[::-1], interpolation=cv2.INTER_LINEAR)
             flow = cv2.resize(np.ascontiguousarray(flow), out_hw[::-1], interpolation=cv2.INTER_LINEAR)
-            color, flow_pairs = resize_packed(color, grid_shape(*out_hw)), resize_packed(flow_pairs, grid_shape(*out_hw))
+            grid = grid_shape(*out_hw)
+            color, flow_pairs = resize_packed(color, grid), resize_packed(flow_pairs, grid)
         sample = data[key]
         flips += flip
         for got, want in ((sample.image, image), (sample.flow, flow), (sample.pair_color, color),
