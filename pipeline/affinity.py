@@ -98,26 +98,39 @@ def grid_shape(height: int, width: int) -> tuple[int, int]:
 
 
 def pool_sum_counts(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-cell sums of a uint8 (H, W, C) image over 4×4 cells, channel-first: uint16 (C, h, w), and pixel counts
-    (h, w). Rows are summed in the image's layout, columns on channel planes (long loops, not runs of C)."""
+    """Per-cell sums of a uint8 (H, W, 3) image over 4×4 cells, channel-first: uint16 (3, h, w), and pixel
+    counts (h, w).
+
+    Rows are summed as little-endian uint16 (h, 4w, 3). A cell's 4 pixels × 3 channels in such a row are then
+    three uint64 words of four 16-bit lanes: w0 = (p0c0, p0c1, p0c2, p1c0), w1 = (p1c1, p1c2, p2c0, p2c1),
+    w2 = (p2c2, p3c0, p3c1, p3c2). Shifting each lane onto its channel's lane (0, 1, 2) and adding gives the
+    cell's three sums in one word: sums ≤ 16·255 < 2^16 never carry into the next lane; lane 3 collects
+    leftovers (dropped), and what a shift pushes out of the word is dropped.
+    """
     height, width, channels = image.shape
+    if channels != 3:
+        raise ValueError(f"pool_sum_counts expects (H, W, 3), got shape {image.shape}")
     h, w = grid_shape(height, width)
     if (height, width) != (h * GRID_STRIDE, w * GRID_STRIDE):       # partial cells: zero-pad to whole cells
         padded = np.zeros((h * GRID_STRIDE, w * GRID_STRIDE, channels), dtype=np.uint8)
         padded[:height, :width] = image
         image = padded
-    rows = image[0::4].astype(np.uint16)                             # (h, 4w, C), sums ≤ 4·255
+    rows = image[0::4].astype("<u2")                                 # (h, 4w, 3), sums ≤ 4·255
     rows += image[1::4]
     rows += image[2::4]
     rows += image[3::4]
-    planes = np.ascontiguousarray(rows.transpose(2, 0, 1))           # (C, h, 4w)
-    sums = planes[..., 0::4] + planes[..., 1::4]                     # (C, h, w), ≤ 16·255
-    sums += planes[..., 2::4]
-    sums += planes[..., 3::4]
+    words = rows.reshape(h, 12 * w).view("<u8").reshape(h, w, 3)     # (h, w, 3 words of 4 lanes)
+    w0, w1, w2 = words[..., 0], words[..., 1], words[..., 2]         # (h, w) each
+    lanes = w0 + (w0 >> np.uint64(48))                               # c0: p0, p1 | c1: p0 | c2: p0
+    lanes += w1 >> np.uint64(32)                                     # c0: p2 | c1: p2
+    lanes += w1 << np.uint64(16)                                     # c1: p1 | c2: p1
+    lanes += w2 >> np.uint64(16)                                     # c0: p3 | c1: p3 | c2: p3
+    lanes += w2 << np.uint64(32)                                     # c2: p2
+    sums = np.ascontiguousarray(lanes.view("<u2").reshape(h, w, 4)[..., :3].transpose(2, 0, 1))  # (3, h, w)
     row_counts = np.minimum(height - GRID_STRIDE * np.arange(h), GRID_STRIDE)
     col_counts = np.minimum(width - GRID_STRIDE * np.arange(w), GRID_STRIDE)
     counts = (row_counts[:, None] * col_counts[None, :]).astype(np.uint16)  # (h, w)
-    return sums, counts
+    return sums.astype(np.uint16, copy=False), counts
 
 
 def pool_rgb_uint8(image: np.ndarray) -> np.ndarray:
@@ -130,7 +143,7 @@ def pool_rgb_uint8(image: np.ndarray) -> np.ndarray:
 
 
 def pool_unit(image: np.ndarray) -> np.ndarray:
-    """4×4 average pool of uint8 (H, W, C) scaled to [0, 1]: float32 (h, w, C) = mean / 255 (a view of a
+    """4×4 average pool of uint8 (H, W, 3) scaled to [0, 1]: float32 (h, w, 3) = mean / 255 (a view of a
     channel-first array)."""
     sums, counts = pool_sum_counts(image)
     return (sums.astype(np.float32) / (counts.astype(np.float32) * np.float32(255.0))).transpose(1, 2, 0)

@@ -196,6 +196,10 @@ def test_pooling_equals_loop_and_truncates(height, width):
     cell = np.full((4, 4, 3), 127, np.uint8)
     cell[0, :3] = 128                                               # mean 127.1875 -> 127 (truncated)
     assert aff.pool_rgb_uint8(cell)[0, 0].tolist() == [127, 127, 127]
+    sums, counts = aff.pool_sum_counts(np.full((height, width, 3), 255, np.uint8))  # the largest sums: no carry
+    assert sums.shape == (3, h, w) and np.array_equal(sums, np.broadcast_to(255 * counts, (3, h, w)))
+    with pytest.raises(ValueError, match="expects \\(H, W, 3\\)"):
+        aff.pool_sum_counts(np.zeros((8, 8, 4), np.uint8))
 
 
 def brute_masks(image: np.ndarray, theta: float, tau: float, bottom_rows: int, lab: bool) -> np.ndarray:
