@@ -9,12 +9,17 @@ Side by side, on the same frames, in one run:
              torch, `.byte()`, Lab conversion on the CPU (skimage.color.rgb2lab when scikit-image is
              installed, as AdelaiDet; else pipeline.affinity.rgb_to_lab), unfold 3x3 dilation 2 without the
              centre, exp(-||dLab|| / 2), times the unfolded validity mask.
-Also the stored bytes per frame (both masks, Zarr v3, Zstd 3, the stage's own writer).
+Also the stored bytes per frame (both masks, Zarr v3, Zstd 3, the stage's own writer), and the pool: the
+stage's per-frame work on 1 and `--workers` threads (what `run_shard --threads` does) and processes (fork), frames/s
+of wall time and CPU seconds per frame, the pools taking turns.
+
+Timing is CPU time of this process (time.process_time): the routes are single-threaded, and CPU time moves
+less than wall time on a loaded machine. The pool part reports wall time (what a pool buys) beside CPU time.
 
 Frames are procedural (smooth colour fields, flat blocks, noise) and the flow is pipeline.flow_codec's
 encoding of a smooth synthetic field; compressed sizes depend on content, so real frames will differ.
 
-    python benchmarks/affinity.py [--frames 40] [--json out.json]
+    python benchmarks/affinity.py [--frames 40] [--workers 2] [--json out.json]
 """
 
 from __future__ import annotations
@@ -26,8 +31,11 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
 
 import argparse  # noqa: E402
 import json  # noqa: E402
+import multiprocessing  # noqa: E402
+import resource  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -50,7 +58,7 @@ def procedural_frame(rng: np.random.Generator) -> np.ndarray:
         y, x = rng.integers(0, HEIGHT - 60), rng.integers(0, WIDTH - 80)
         frame[y:y + rng.integers(20, 60), x:x + rng.integers(20, 80)] = rng.uniform(0, 255, 3)
     frame += rng.normal(0, 2.0, frame.shape)
-    return np.clip(frame, 0, 255).astype(np.uint8)
+    return np.ascontiguousarray(np.clip(frame, 0, 255).astype(np.uint8))  # (H, W, 3) rows, as a JPEG decodes
 
 
 def procedural_flow(rng: np.random.Generator) -> np.ndarray:
@@ -93,11 +101,49 @@ def frames_per_second(routes: dict[str, tuple], repeats: int) -> dict[str, float
         fn(items[0])                                                  # warm-up
     for _ in range(repeats):
         for name, (fn, items) in routes.items():
-            start = time.perf_counter()
+            start = time.process_time()
             for item in items:
                 fn(item)
-            best[name] = min(best[name], time.perf_counter() - start)
+            best[name] = min(best[name], time.process_time() - start)
     return {name: len(routes[name][1]) / seconds for name, seconds in best.items()}
+
+
+_POOL_WORK: list = []
+"""(frame, flow, params) items of the pool part; set before the process pools fork, so workers get it for free."""
+
+
+def _pool_item(i: int) -> tuple[np.ndarray, np.ndarray]:
+    """The stage's per-frame work on item i of _POOL_WORK (a module function, so process pools can call it)."""
+    frame, flow, params = _POOL_WORK[i]
+    return aff.frame_masks(frame, flow, params)
+
+
+def cpu_seconds() -> float:
+    """CPU seconds (user + system) of this process, its threads, and its children that have been waited for."""
+    usage = [resource.getrusage(who) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
+    return sum(u.ru_utime + u.ru_stime for u in usage)
+
+
+def pool_scaling(workers: int, repeats: int) -> dict[str, float]:
+    """Frames/s (wall) and CPU ms per frame of _POOL_WORK on pools of 1 and `workers` threads and processes,
+    best of `repeats` passes, the pools taking turns; a process pool is started (forked) and shut down within
+    its timing, as a job would."""
+    makers = {f"{kind}_{n}": (lambda kind=kind, n=n: ThreadPoolExecutor(n) if kind == "threads" else
+                              ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("fork")))
+              for kind in ("threads", "processes") for n in sorted({1, workers})}
+    wall = {name: float("inf") for name in makers}
+    cpu = {name: float("inf") for name in makers}
+    items = range(len(_POOL_WORK))
+    for _ in range(repeats):
+        for name, make in makers.items():
+            start_wall, start_cpu = time.perf_counter(), cpu_seconds()
+            pool: Executor
+            with make() as pool:
+                list(pool.map(_pool_item, items, chunksize=1 if name.startswith("threads") else 4))
+            wall[name] = min(wall[name], time.perf_counter() - start_wall)
+            cpu[name] = min(cpu[name], cpu_seconds() - start_cpu)
+    return {**{f"pool_{name}_fps": round(len(items) / wall[name], 1) for name in makers},
+            **{f"pool_{name}_cpu_ms_per_frame": round(1e3 * cpu[name] / len(items), 2) for name in makers}}
 
 
 def main() -> None:
@@ -105,6 +151,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--frames", type=int, default=40)
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--workers", type=int, default=2, help="pool size compared with 1")
     ap.add_argument("--json", type=Path, help="write the numbers here")
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -143,6 +190,8 @@ def main() -> None:
                                              list(range(args.frames))),
             "boxinst_on_the_fly_colour": (lambda im: boxinst_colour_similarity(im, lab_of, 10), images),
         }, args.repeats)
+    _POOL_WORK[:] = [(f, fl, params) for f, fl in pairs]
+    pools = pool_scaling(args.workers, args.repeats)
     h, w = aff.grid_shape(HEIGHT, WIDTH)
     result = {
         "size": f"{WIDTH}x{HEIGHT}", "frames": args.frames, "threads": torch.get_num_threads(),
@@ -155,6 +204,8 @@ def main() -> None:
         "bits_agreeing_with_boxinst": round(agreement, 5),
         "stored_bytes_per_frame": round(stored / args.frames, 1),
         "raw_bytes_per_frame": 2 * h * w,
+        "cpus_available": len(os.sched_getaffinity(0)), "load_average_1min": round(os.getloadavg()[0], 2),
+        **pools,
     }
     width = max(map(len, result))
     for key, value in result.items():

@@ -2,15 +2,23 @@
 
 `python benchmarks/curves.py --every 100 RUN_DIR [RUN_DIR ...]` reads each RUN_DIR/metrics.jsonl (written by
 model.train every log_every iterations) and prints one row per run and window: the window's last
-iteration and the mean of each logged term over the window (skipped steps left out).
+iteration and the mean of each logged term over the window (records of skipped steps only left out).
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-from collections import defaultdict
-from pathlib import Path
+import os
+import sys
+
+# benchmarks/model.py would shadow the `model` package: drop this script's folder from the import path.
+sys.path = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(os.path.abspath(__file__))]
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+from collections import defaultdict  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from model.train import record_has_values  # noqa: E402
 
 TERMS = ("loss", "loss_cls", "loss_box", "loss_ctr", "loss_proj", "loss_pairwise")
 
@@ -20,7 +28,7 @@ def windows(metrics: Path, every: int) -> dict[int, dict[str, float]]:
     sums: dict[int, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     for line in metrics.read_text().splitlines():
         record = json.loads(line)
-        if record.get("skipped"):
+        if not record_has_values(record):
             continue
         end = -(-record["step"] // every) * every  # ceil to the window's last iteration
         for term in TERMS:

@@ -1,12 +1,18 @@
-"""Time the training data loader: samples/s on one core at 640×360 with every input (JPEG, RGB flow from the
-flow store, both packed masks from the affinity store, boxes), the paper's augmentation (short side 640–800,
-long ≤ 1333, flip 0.5) and collate into a Batch — the work one loader worker does.
+"""Time the training data loader: samples/s on one core from 640×360 and 1280×720 sources with every input
+(JPEG, RGB flow from the flow store, both packed masks from the affinity store, boxes), the paper's
+augmentation (short side 640–800, long ≤ 1333, flip 0.5) and collate into a Batch — the work one loader
+worker does.
 
-The dataset is pipeline.synthetic's generator at 640×360; its flow store holds the ground-truth flow encoded by
-pipeline.flow_codec and written by pipeline.flow's writer, its affinity store is computed by pipeline.affinity's
-stage, the index by pipeline.index — the same stores as the DAG's (docs/design.md).
+The dataset is pipeline.synthetic's generator at each source size; its flow store holds the ground-truth flow
+encoded by pipeline.flow_codec and written by pipeline.flow's writer, its affinity store is computed by
+pipeline.affinity's stage, the index by pipeline.index — the same stores as the DAG's (docs/design.md).
 
-    python benchmarks/loader.py [--videos 4] [--frames 6] [--batches 30] [--batch 2] [--json out.json]
+Timing is CPU time of this process (time.process_time, all its threads: zarr decodes in threads), which moves
+less than wall time on a loaded machine; the settings take turns, best of --repeats passes.
+--channels-last: collate as for a channels_last network (no HWC -> CHW copy).
+
+    python benchmarks/loader.py [--sources 640x360,1280x720] [--videos 4] [--frames 6] [--batches 30] [--batch 2]
+        [--repeats 3] [--channels-last] [--json out.json]
 """
 
 from __future__ import annotations
@@ -29,11 +35,12 @@ from pathlib import Path  # noqa: E402
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+import yaml  # noqa: E402
 import zarr  # noqa: E402
 
 from model.data import FrameDataset, IterationBatchSampler, collate  # noqa: E402
 from pipeline.affinity import AffinityParams, run_shard  # noqa: E402
-from pipeline.flow import DisParams, FlowParams, GmaParams, encode_video, store_attributes, write_video  # noqa: E402
+from pipeline.flow import FlowParams, encode_video, store_attributes, write_video  # noqa: E402
 from pipeline.index import main as index_main  # noqa: E402
 from pipeline.synthetic import SyntheticParams, video_name, write_dataset  # noqa: E402
 
@@ -46,8 +53,9 @@ def make_inputs(out: Path, videos: int, frames: int, height: int, width: int, sh
     train = write_dataset(SyntheticParams(videos=videos, frames=frames, height=height, width=width, classes=4,
                                           max_objects=3, camouflage_prob=0.85, seed=0), root)
     ordered = sorted(train["videos"], key=lambda v: v["id"])
-    flow_params = FlowParams(estimator="dis", shard_size=shard_size, dis=DisParams("medium"),
-                             gma=GmaParams("weights/gma-sintel.pth", 12, "float32"))
+    section = yaml.safe_load((Path(__file__).resolve().parents[1] / "config.yaml").read_text())["flow"]
+    flow_params = FlowParams.from_json(json.dumps(section | {"estimator": "dis", "shard_size": shard_size}),
+                                       "config.yaml flow section")
     for start in range(0, len(ordered), shard_size):
         shard = start // shard_size
         videos = [v["id"] for v in ordered[start:start + shard_size]]
@@ -65,8 +73,8 @@ def make_inputs(out: Path, videos: int, frames: int, height: int, width: int, sh
 
 
 def time_loader(paths: dict, batches: int, batch: int, min_sizes: tuple[int, ...], max_size: int,
-                flow: bool) -> dict:
-    """Samples/s of dataset[key] + collate in this process (one core), and the time per stage."""
+                flow: bool, channels_last: bool) -> dict:
+    """Samples/s (CPU time) of dataset[key] + collate in this process (one core), and the time per stage."""
     dataset = FrameDataset(paths["index"], paths["frames"], paths["flow"], paths["affinity"], min_sizes, max_size,
                            0.5, load_flow=flow, load_flow_pairs=flow)
     sampler = IterationBatchSampler(dataset.aspect_groups, batch, 0, 1, iters=batches + 2, seed=0)
@@ -74,20 +82,20 @@ def time_loader(paths: dict, batches: int, batch: int, min_sizes: tuple[int, ...
     for k in keys[:2]:  # warm-up: open the stores, fill caches
         collate([dataset[key] for key in k])
     t_read = t_aug = t_collate = 0.0
-    start = time.perf_counter()
+    start = time.process_time()
     for k in keys[2:]:
         samples = []
         for key in k:
-            t0 = time.perf_counter()
+            t0 = time.process_time()
             dataset.read(key.frame)
-            t_read += time.perf_counter() - t0
-            t0 = time.perf_counter()
+            t_read += time.process_time() - t0
+            t0 = time.process_time()
             samples.append(dataset[key])  # reads again: `read` above is only timed apart
-            t_aug += time.perf_counter() - t0
-        t0 = time.perf_counter()
-        collate(samples)
-        t_collate += time.perf_counter() - t0
-    wall = time.perf_counter() - start - t_read  # the extra read is not part of the loader's work
+            t_aug += time.process_time() - t0
+        t0 = time.process_time()
+        collate(samples, channels_last)
+        t_collate += time.process_time() - t0
+    wall = time.process_time() - start - t_read  # the extra read is not part of the loader's work
     n = batches * batch
     return {"samples_per_s": n / wall, "read_ms": 1e3 * t_read / n, "augment_ms": 1e3 * (t_aug - t_read) / n,
             "collate_ms": 1e3 * t_collate / n}
@@ -96,6 +104,9 @@ def time_loader(paths: dict, batches: int, batch: int, min_sizes: tuple[int, ...
 def main() -> None:
     """CLI: print (and optionally save) the loader's throughput per core."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sources", default="640x360,1280x720", help="source frame sizes WxH, comma-separated")
+    parser.add_argument("--repeats", type=int, default=3, help="passes; the best of each setting is reported")
+    parser.add_argument("--channels-last", action="store_true", help="collate for a channels_last network")
     parser.add_argument("--videos", type=int, default=4)
     parser.add_argument("--frames", type=int, default=6)
     parser.add_argument("--batches", type=int, default=30)
@@ -104,16 +115,22 @@ def main() -> None:
     args = parser.parse_args()
     cv2.setNumThreads(1)
     torch.set_num_threads(1)
-    results = {}
+    settings = (("paper sizes (640-800, <=1333), all inputs", (640, 672, 704, 736, 768, 800), 1333, True),
+                ("paper sizes, BoxInst inputs (no flow)", (640, 672, 704, 736, 768, 800), 1333, False))
+    results: dict[str, dict] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        paths = make_inputs(Path(tmp), args.videos, args.frames, 360, 640)
-        for name, sizes, max_size, flow in (
-                ("paper sizes (640-800, <=1333), all inputs", (640, 672, 704, 736, 768, 800), 1333, True),
-                ("paper sizes, BoxInst inputs (no flow)", (640, 672, 704, 736, 768, 800), 1333, False),
-                ("stored size (360, no resize), all inputs", (360,), 640, True)):
-            results[name] = time_loader(paths, args.batches, args.batch, sizes, max_size, flow)
-            r = results[name]
-            print(f"{name}: {r['samples_per_s']:.1f} samples/s per core (read {r['read_ms']:.1f} ms, "
+        sources = [tuple(int(v) for v in size.split("x")) for size in args.sources.split(",")]
+        paths = {(w, h): make_inputs(Path(tmp) / f"{w}x{h}", args.videos, args.frames, h, w) for w, h in sources}
+        for _ in range(args.repeats):
+            for (w, h), source in paths.items():
+                for name, sizes, max_size, flow in settings + ((f"stored size ({h}, no resize), all inputs", (h,),
+                                                                max(w, h), True),):
+                    r = time_loader(source, args.batches, args.batch, sizes, max_size, flow, args.channels_last)
+                    key = f"from {w}x{h}: {name}"
+                    if key not in results or r["samples_per_s"] > results[key]["samples_per_s"]:
+                        results[key] = r
+        for key, r in results.items():
+            print(f"{key}: {r['samples_per_s']:.1f} samples/s per core (read {r['read_ms']:.1f} ms, "
                   f"augment {r['augment_ms']:.1f} ms, collate {r['collate_ms']:.1f} ms per sample)", flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))

@@ -29,8 +29,8 @@ import zarr
 from torch.utils.data import Dataset, Sampler
 
 from model.batch import Batch
-from pipeline.affinity import (grid_shape, hflip_packed, neighbour_valid, open_affinity_store, resize_packed,
-                                unpack_bits)
+from pipeline.affinity import (frame_neighbour_valid, grid_shape, hflip_packed, open_affinity_store,
+                                resize_packed, unpack_bits)
 from pipeline.flow import open_recorded_flow_store
 from pipeline.flow_codec import hflip_flow_rgb
 from pipeline.stores import stored_frame
@@ -82,9 +82,9 @@ class FlowFlipTable:
             raise ValueError(f"FlowFlipTable: expected uint8 (H, W, 3), got {rgb.dtype} {rgb.shape}")
         if self._table is None:
             self._table = np.zeros(1 << 24, dtype=np.uint32)
-        mirrored = rgb[:, ::-1]
-        codes = (mirrored[..., 0].astype(np.uint32) << 16) | (mirrored[..., 1].astype(np.uint32) << 8) \
-            | mirrored[..., 2]  # (H, W)
+        # (H, W, 4) bytes B, G, R, 255 of the mirrored pixels = little-endian uint32 R << 16 | G << 8 | B | 255 << 24
+        bgra = cv2.cvtColor(cv2.flip(rgb, 1), cv2.COLOR_RGB2BGRA)
+        codes = bgra.view(np.uint32)[..., 0] & 0xFFFFFF  # (H, W)
         found = self._table[codes]
         missing = found == 0
         if missing.any():
@@ -93,11 +93,8 @@ class FlowFlipTable:
             flipped = hflip_flow_rgb(colours[:, None, :])[:, 0].astype(np.uint32)  # (C, 1, 3): one column
             self._table[new] = (1 << 24) | (flipped[:, 0] << 16) | (flipped[:, 1] << 8) | flipped[:, 2]
             found = self._table[codes]
-        out = np.empty(rgb.shape, dtype=np.uint8)
-        out[..., 0] = (found >> 16) & 255
-        out[..., 1] = (found >> 8) & 255
-        out[..., 2] = found & 255
-        return out
+        # found as bytes B, G, R, 1 (little-endian) -> (H, W, 3) R, G, B
+        return cv2.cvtColor(found.view(np.uint8).reshape(*found.shape, 4), cv2.COLOR_BGRA2RGB)
 
 
 _FLIP_FLOW = FlowFlipTable()  # one per process (each loader worker fills its own)
@@ -134,20 +131,20 @@ def augment(image: np.ndarray, flow: np.ndarray | None, pair_color: np.ndarray, 
     """Flip (if `flip`) then resize image/flow (H, W, 3) uint8, packed masks (ceil(H/4), ceil(W/4)), boxes (G, 4)."""
     height, width = image.shape[:2]
     if flip:
-        image = image[:, ::-1]
+        image = cv2.flip(image, 1)                              # a contiguous mirror, not a negative-stride view
         flow = _FLIP_FLOW(flow) if flow is not None else None
         pair_color = hflip_packed(pair_color)
         pair_flow = hflip_packed(pair_flow) if pair_flow is not None else None
         boxes_xyxy = hflip_boxes(boxes_xyxy, width)
     if out_hw != (height, width):
         size = (out_hw[1], out_hw[0])  # cv2 takes (w, h)
-        image = cv2.resize(np.ascontiguousarray(image), size, interpolation=cv2.INTER_LINEAR)
-        flow = cv2.resize(np.ascontiguousarray(flow), size, interpolation=cv2.INTER_LINEAR) if flow is not None else None
+        image = cv2.resize(image, size, interpolation=cv2.INTER_LINEAR)
+        flow = cv2.resize(flow, size, interpolation=cv2.INTER_LINEAR) if flow is not None else None
         grid = grid_shape(*out_hw)
         pair_color = resize_packed(pair_color, grid)
         pair_flow = resize_packed(pair_flow, grid) if pair_flow is not None else None
     boxes_xyxy = resize_boxes(boxes_xyxy, (height, width), out_hw)
-    return np.ascontiguousarray(image), flow, pair_color, pair_flow, boxes_xyxy
+    return image, flow, pair_color, pair_flow, boxes_xyxy
 
 
 class ShardStores:
@@ -310,7 +307,7 @@ def pair_masks(packed: np.ndarray, out_hw: tuple[int, int]) -> torch.Tensor:
     """Bool (8, *out_hw): unpacked masks (gh, gw) AND-ed with the neighbour lying inside the (gh, gw) grid,
     zero-padded bottom/right; so no pair touches a cell outside the frame or in the padding."""
     gh, gw = packed.shape
-    masks = unpack_bits(packed) & neighbour_valid(np.ones((gh, gw), dtype=bool))  # (8, gh, gw)
+    masks = unpack_bits(packed & frame_neighbour_valid(gh * MASK_STRIDE, gw * MASK_STRIDE, 0))  # (8, gh, gw)
     out = torch.zeros((masks.shape[0], *out_hw), dtype=torch.bool)
     out[:, :gh, :gw] = torch.from_numpy(masks)
     return out
@@ -323,9 +320,19 @@ def padded_size(sizes: list[tuple[int, int]]) -> tuple[int, int]:
     return height, width
 
 
-def pad_images(images: list[np.ndarray], padded_hw: tuple[int, int]) -> torch.Tensor:
+def pad_images(images: list[np.ndarray], padded_hw: tuple[int, int], channels_last: bool = False) -> torch.Tensor:
     """uint8 (N, 3, H, W) of (h, w, 3) uint8 images placed top-left, zeros bottom/right; (H, W) = padded_hw.
-    The one padder of training batches (collate) and inference batches (model.evaluate.pad_batch)."""
+    The one padder of training batches (collate) and inference batches (model.evaluate.pad_batch).
+    channels_last: the tensor's memory is (N, H, W, 3) (torch.channels_last), so the images are copied row by
+    row as they are, without the (h, w, 3) -> (3, h, w) transposition; same values."""
+    if channels_last:
+        out = torch.empty((len(images), *padded_hw, 3), dtype=torch.uint8)  # (N, H, W, 3)
+        for i, image in enumerate(images):
+            h, w = image.shape[:2]
+            out[i, :h, :w] = torch.from_numpy(image)
+            out[i, h:] = 0
+            out[i, :h, w:] = 0
+        return out.permute(0, 3, 1, 2)                                 # (N, 3, H, W) view, channels_last strides
     out = torch.empty((len(images), 3, *padded_hw), dtype=torch.uint8)  # empty + zeroed padding: a zero fill
     for i, image in enumerate(images):                                # would cost as much as the copy
         h, w = image.shape[:2]
@@ -335,17 +342,18 @@ def pad_images(images: list[np.ndarray], padded_hw: tuple[int, int]) -> torch.Te
     return out
 
 
-def collate(samples: list[Sample]) -> Batch:
-    """Pad a list of samples to a common size (multiples of 32, bottom/right) into a `model.batch.Batch`."""
+def collate(samples: list[Sample], channels_last: bool = False) -> Batch:
+    """Pad a list of samples to a common size (multiples of 32, bottom/right) into a `model.batch.Batch`;
+    channels_last: images and flows in torch.channels_last memory (for a channels_last network: pad_images)."""
     sizes = [s.image.shape[:2] for s in samples]
     height, width = padded_size(sizes)
     n = len(samples)
-    images = pad_images([s.image for s in samples], (height, width))
+    images = pad_images([s.image for s in samples], (height, width), channels_last)
     with_flow = samples[0].flow is not None
     if any((s.flow is not None) != with_flow for s in samples):
         raise ValueError("collate: some samples have flow images and some do not")
     # without flow images (BoxInst): one zero broadcast to (N, 3, H, W), no memory per pixel
-    flows = pad_images([s.flow for s in samples], (height, width)) if with_flow else torch.zeros(
+    flows = pad_images([s.flow for s in samples], (height, width), channels_last) if with_flow else torch.zeros(
         (1, 1, 1, 1), dtype=torch.uint8).expand(n, 3, height, width)
     grid = (height // MASK_STRIDE, width // MASK_STRIDE)
     pair_color = torch.zeros((n, 8, *grid), dtype=torch.bool)

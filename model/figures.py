@@ -47,6 +47,7 @@ from model.evaluate import EvalFrames, EvaluateParams, load_trained, pad_batch  
 from model.network import TwoStreamCondInst  # noqa: E402
 from model.predict import blend_masks  # noqa: E402
 from model.tables import ROW_LABELS, backbone_label  # noqa: E402
+from model.train import record_has_values  # noqa: E402
 from pipeline.flow import file_sha256  # noqa: E402
 from pipeline.io import write_bytes_atomic  # noqa: E402
 from pipeline.io import params_from_json, setup_logging  # noqa: E402
@@ -71,7 +72,7 @@ def save_figure(fig: Figure, out: Path) -> None:
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
-    """The logged training records of a metrics.jsonl (skipped non-finite steps left out), by step."""
+    """The logged training records of a metrics.jsonl (records of skipped non-finite steps only left out), by step."""
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no training log (metrics.jsonl is written by model.train)")
     records = []
@@ -84,7 +85,7 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
             raise ValueError(f"{path}:{line_no}: not a JSON record ({err})") from err
         if "step" not in record:
             raise KeyError(f"{path}:{line_no}: record without 'step'")
-        if not record.get("skipped"):
+        if record_has_values(record):
             records.append(record)
     return sorted(records, key=lambda r: r["step"])
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import bisect
 import dataclasses
+import functools
 import hashlib
 import io
 import json
@@ -83,7 +84,10 @@ class TrainParams:
     sync_bn: bool  # SyncBatchNorm over the GPUs; false = per-GPU BatchNorm statistics, as BoxInst
     checkpoint_every: int
     seed: int
-    max_bad_steps: int  # stop after this many non-finite steps in a row
+    max_bad_steps: int  # stop after this many non-finite steps in a row (checked when statistics are gathered)
+    channels_last: bool  # model and inputs in torch.channels_last memory (same numbers up to float rounding)
+    tf32: bool  # CUDA matmuls and cuDNN convolutions may use TF32 (10-bit mantissa); false = true fp32
+    compile: bool  # torch.compile the model (same numbers up to float rounding)
 
     def __post_init__(self) -> None:
         """Types are checked (a bool is not an int, NaN is not a number), lists from JSON become tuples, values
@@ -152,11 +156,13 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 
 
 def make_optimizer(model: nn.Module, params: TrainParams) -> torch.optim.Optimizer:
-    """SGD with momentum or AdamW over `param_groups`, at the peak rate scaled_lr (the loop sets each step's)."""
+    """SGD with momentum or AdamW over `param_groups`, at the peak rate scaled_lr (the loop sets each step's).
+    Fused: the step reads the optimizer's `found_inf` tensor and skips on the device, so the loop can skip a
+    non-finite step without waiting for the GPU (GradScaler uses the same attribute)."""
     groups = param_groups(model, params.weight_decay)
     if params.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=params.scaled_lr, betas=(params.momentum, 0.999))
-    return torch.optim.SGD(groups, lr=params.scaled_lr, momentum=params.momentum)
+        return torch.optim.AdamW(groups, lr=params.scaled_lr, betas=(params.momentum, 0.999), fused=True)
+    return torch.optim.SGD(groups, lr=params.scaled_lr, momentum=params.momentum, fused=True)
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -286,7 +292,10 @@ def parameter_digest(model: nn.Module) -> str:
     return digest.hexdigest()
 
 
-TRAJECTORY_NEUTRAL = ("iters", "checkpoint_every", "max_bad_steps")  # fields that do not change iterations
+# Fields that do not change what an iteration computes: channels_last and compile pick other kernels for the same
+# arithmetic (float rounding differs, as between cuDNN algorithms); tf32 lowers matmul precision, so it is part of
+# the key.
+TRAJECTORY_NEUTRAL = ("iters", "checkpoint_every", "max_bad_steps", "channels_last", "compile")
 
 
 def run_key(model_params: dict, params: TrainParams, inputs: dict) -> str:
@@ -307,6 +316,40 @@ def trim_metrics(path: Path, step: int) -> None:
         return
     kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
     write_bytes_atomic(path, "".join(line + "\n" for line in kept).encode())
+
+
+def record_has_values(record: dict) -> bool:
+    """Whether a metrics.jsonl record holds loss values: the mean of at least one finite step (`steps` >
+    `skipped`); a record of older logs with `skipped: true` was a single skipped step."""
+    return record.get("steps", 1) > record.get("skipped", 0)
+
+
+class StepStats:
+    """Per-step statistics (total loss, each term, grad norm: the mean over ranks) kept on the device between
+    records, so that a step never waits for the GPU: `add` accumulates the finite steps' sum, counts skipped
+    (non-finite) steps and the current and longest run of them in a row; `gather` reads all of it with one
+    device-to-host copy (the loop calls it every log_every steps, at checkpoints and at the end) and starts a
+    new window. The run of non-finite steps carries over windows."""
+
+    def __init__(self, size: int, device: torch.device):
+        self.sums = torch.zeros(size, dtype=torch.float64, device=device)  # (size,) Σ over finite steps
+        self.counts = torch.zeros(4, dtype=torch.int64, device=device)  # finite, skipped, run now, longest run
+
+    def add(self, stats: torch.Tensor, bad: torch.Tensor) -> None:
+        """Account one step: stats (size,) float32, bad () bool (the step was skipped)."""
+        self.sums += torch.where(bad, 0.0, stats.double())
+        finite, skipped, run, longest = self.counts.unbind()
+        run = torch.where(bad, run + 1, 0)
+        self.counts = torch.stack([finite + (~bad), skipped + bad, run, torch.maximum(longest, run)])
+
+    def gather(self) -> tuple[list[float], int, int, int]:
+        """(mean stats of the window's finite steps, NaN if none; finite steps; skipped steps; longest run of
+        non-finite steps in a row, this window or carried in); then a new window."""
+        sums, counts = self.sums.tolist(), self.counts.tolist()
+        finite, skipped, run, longest = counts
+        self.sums.zero_()
+        self.counts = torch.tensor([0, 0, run, run], dtype=torch.int64, device=self.counts.device)
+        return [v / finite if finite else float("nan") for v in sums], finite, skipped, longest
 
 
 # -----------------------------------------------------------------------------------------------------------
@@ -351,6 +394,10 @@ def train(paths: RunPaths, model_params: dict, params: TrainParams, build_model:
     device = torch.device(f"cuda:{local_rank}" if use_cuda else "cpu")
     if use_cuda:
         torch.cuda.set_device(device)
+        torch.backends.cudnn.benchmark = True  # few input shapes: aspect grouping, sizes from train.min_sizes
+        torch.backends.cuda.matmul.allow_tf32 = params.tf32
+        torch.backends.cudnn.allow_tf32 = params.tf32  # torch's default is True: false keeps convolutions fp32
+    memory_format = torch.channels_last if params.channels_last else torch.contiguous_format
     if ddp:
         dist.init_process_group("nccl" if use_cuda else "gloo")
     master = rank == 0
@@ -367,7 +414,7 @@ def train(paths: RunPaths, model_params: dict, params: TrainParams, build_model:
     # ---- model and optimizer (same seed on every rank; DDP also broadcasts rank 0's weights).
     dataset_categories = FrameDataset.categories(paths.index)
     model, reads_flow, reads_flow_pairs = build_model(model_params, len(dataset_categories[0]))
-    model.to(device)
+    model.to(device, memory_format=memory_format)
     optimizer = make_optimizer(model, params)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
 
@@ -418,13 +465,16 @@ def train(paths: RunPaths, model_params: dict, params: TrainParams, build_model:
     if ddp:
         model = DistributedDataParallel(model, device_ids=[local_rank] if use_cuda else None,
                                         broadcast_buffers=False, gradient_as_bucket_view=True)
+    if params.compile:
+        model = torch.compile(model)
 
     # ---- data: this rank's slice of the global batches, from start_step on.
     dataset = FrameDataset(paths.index, paths.frames, paths.flow, paths.affinity, params.min_sizes,
                            params.max_size, params.flip_prob, load_flow=reads_flow, load_flow_pairs=reads_flow_pairs)
     sampler = IterationBatchSampler(dataset.aspect_groups, params.batch_size, rank, world_size, params.iters,
                                     params.seed, start_iter=start_step)
-    loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=paths.workers,
+    loader = DataLoader(dataset, batch_sampler=sampler, num_workers=paths.workers,
+                        collate_fn=functools.partial(collate, channels_last=params.channels_last),
                         pin_memory=use_cuda, worker_init_fn=worker_init, persistent_workers=False,
                         prefetch_factor=4 if paths.workers > 0 else None)
 
@@ -437,18 +487,22 @@ def train(paths: RunPaths, model_params: dict, params: TrainParams, build_model:
         writer = SummaryWriter(str(paths.out / "tb"), purge_step=start_step + 1)
 
     # ---- the loop. `step` counts finished iterations; iteration `step` runs at scheduled_lr(step) and passes
-    # step + 1 to the network (its pairwise warm-up min(step / 10000, 1), as AdelaiDet's counter).
+    # step + 1 to the network (its pairwise warm-up min(step / 10000, 1), as AdelaiDet's counter). No step waits
+    # for the device: a non-finite step is skipped by the fused optimizer on the device (`found_inf`), and the
+    # statistics (StepStats) reach the host every log_every steps, at checkpoints and at the end, where the run
+    # of non-finite steps is checked against max_bad_steps.
     step = start_step
     trained = 0  # iterations run by this call (the log reports them)
-    bad_in_row = 0
     progress = progress_bar(params.iters, "train", every=paths.log_every, initial=start_step, disable=not master,
                             interval=paths.log_interval)
     model.train()
     loader_iter = iter(loader)
-    t_last = time.perf_counter()
+    window: StepStats | None = None
+    t_window, t_data = time.perf_counter(), 0.0
     while step < params.iters:
+        t0 = time.perf_counter()
         batch = next(loader_iter).to(device)
-        t_data = time.perf_counter() - t_last
+        t_data += time.perf_counter() - t0
         lr = scheduled_lr(step, params)
         for group in optimizer.param_groups:
             group["lr"] = lr
@@ -459,52 +513,46 @@ def train(paths: RunPaths, model_params: dict, params: TrainParams, build_model:
         scaler.unscale_(optimizer)
         # clip_grad_norm_ with max_norm inf only measures the global norm
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), params.grad_clip or float("inf"))
-        # (2 + terms,): total loss, each term, grad norm; the mean over ranks. A non-finite value on any rank
-        # makes the sum non-finite everywhere, so every rank takes the same decision below.
+        # (2 + terms,): total loss, each term, grad norm; the mean over ranks (an asynchronous all-reduce). A
+        # non-finite value on any rank makes the sum non-finite everywhere, so every rank skips the same steps.
         stats = torch.stack([loss.detach().float()] + [v.detach().float() for v in losses.values()]
                             + [grad_norm.detach().float()])
         if ddp:
             dist.all_reduce(stats)
             stats /= world_size
-        values = stats.tolist()
-        loss_value, grad_value = values[0], values[-1]
-        record = {"step": step + 1, "lr": lr, "loss": loss_value,
-                  **{name: v for name, v in zip(losses, values[1:-1])}, "grad_norm": grad_value}
-        loss_bad = not np.isfinite(loss_value)
-        grad_bad = not np.isfinite(grad_value) and not scaler.is_enabled()  # fp16 overflow is the scaler's job
-        if loss_bad or grad_bad:
-            bad_in_row += 1
-            optimizer.zero_grad(set_to_none=True)
-            if scaler.is_enabled():
-                scaler.update()
-            if master:
-                log.warning("step %d: non-finite %s (%d in a row); step skipped: %s", step + 1,
-                            "loss" if loss_bad else "gradient", bad_in_row, record)
-                with open(metrics_path, "a") as f:
-                    f.write(json.dumps({**record, "skipped": True}) + "\n")
-            if bad_in_row >= params.max_bad_steps:
-                raise RuntimeError(f"{bad_in_row} non-finite training steps in a row (last at step {step + 1}: "
-                                   f"{record}); lower train.lr or set train.grad_clip, and resume from "
-                                   f"{ckpt_dir / 'last'}")
-        else:
-            bad_in_row = 0
-            scaler.step(optimizer)
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
+        bad = ~torch.isfinite(stats[:-1]).all()
+        if not scaler.is_enabled():  # fp16: an overflowing gradient is the scaler's to skip and rescale
+            bad = bad | ~torch.isfinite(stats[-1])
+        optimizer.found_inf = bad.float()  # the fused step skips when 1 (with fp16 the scaler sets its own)
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+        window = window or StepStats(len(stats), device)
+        window.add(stats, bad)
         step += 1
         trained += 1
-        t_now = time.perf_counter()
-        record.update(data_s=t_data, step_s=t_now - t_last)
-        t_last = t_now
         if master:
             progress.update(1)
-            progress.set_postfix(loss=f"{loss_value:.3f}", lr=f"{lr:.2e}", refresh=False)
-            if step % paths.log_every == 0 or step == params.iters:
+        if step % paths.log_every == 0 or step % params.checkpoint_every == 0 or step == params.iters:
+            means, finite, skipped, longest = window.gather()
+            t_now = time.perf_counter()
+            record = {"step": step, "lr": lr, "loss": means[0], **dict(zip(losses, means[1:-1])),
+                      "grad_norm": means[-1], "steps": finite + skipped, "skipped": skipped,
+                      "data_s": t_data / (finite + skipped), "step_s": (t_now - t_window) / (finite + skipped)}
+            t_window, t_data = t_now, 0.0
+            if master:
+                if skipped:
+                    log.warning("steps %d-%d: %d non-finite step(s) skipped: %s", step - finite - skipped + 1,
+                                step, skipped, record)
+                progress.set_postfix(loss=f"{means[0]:.3f}", lr=f"{lr:.2e}", refresh=False)
                 with open(metrics_path, "a") as f:
                     f.write(json.dumps(record) + "\n")
                 for name, value in record.items():
                     if name != "step":
                         writer.add_scalar(f"train/{name}", value, step)
+            if longest >= params.max_bad_steps:
+                raise RuntimeError(f"{longest} non-finite training steps in a row (by step {step}: {record}); "
+                                   f"lower train.lr or set train.grad_clip, and resume from {ckpt_dir / 'last'}")
 
         # ---- checkpoint: every rank contributes its RNG state and a digest of its weights (they must
         # agree: DDP keeps replicas identical), rank 0 writes.
@@ -524,7 +572,7 @@ def train(paths: RunPaths, model_params: dict, params: TrainParams, build_model:
                          "param_digests": digests}
                 path = save_checkpoint(ckpt_dir, state, step, paths.keep_checkpoints)
                 log.info("step %d: saved %s", step, path)
-            t_last = time.perf_counter()  # the save is not the next step's data time
+            t_window = time.perf_counter()  # the save is not the next window's step time
     progress.close()
 
     # ---- final weights: the evaluate rule's input.

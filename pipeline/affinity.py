@@ -17,7 +17,7 @@ pooled RGB-encoded flow is scaled to [0, 1]. M = [exp(−‖x_i − x_k‖₂ / 
 
 CLI (rule `affinity`), one shard of videos -> one Zarr v3 store (docs/design.md, "Stores"):
   python -m pipeline.affinity --root R --annotations train.json --shard K --flow results/flow/shard_K.zarr
-    --params JSON --out results/affinity/shard_K.zarr --log-json logs/affinity/shard_K.json
+    --params JSON --out results/affinity/shard_K.zarr --log-json logs/affinity/shard_K.json [--threads N]
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ import json
 import math
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -74,18 +75,21 @@ def rgb_to_lab(rgb: np.ndarray) -> np.ndarray:
 
     sRGB linearisation (threshold 0.04045), the sRGB→XYZ matrix, XYZ / D65 white (0.95047, 1, 1.08883),
     f(t) = t^(1/3) above 0.008856 else 7.787 t + 16/116; L = 116 f_y − 16, a = 500 (f_x − f_y),
-    b = 200 (f_y − f_z). Computed in float64 and returned as float32.
+    b = 200 (f_y − f_z). Computed in float64 and returned as float32 (a (H, W, 3) view of a channel-first array).
     """
     if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[-1] != 3:
         raise ValueError(f"rgb_to_lab expects uint8 (H, W, 3), got {rgb.dtype} {rgb.shape}")
     linear = _LINEAR_OF_UINT8[rgb]                               # (H, W, 3) float64
     xyz = linear @ (_XYZ_FROM_RGB.T / _WHITE_D65)                # (H, W, 3), white-normalised
-    f = np.where(xyz > 0.008856, np.cbrt(xyz), 7.787 * xyz + 16.0 / 116.0)
-    lab = np.empty(rgb.shape, dtype=np.float32)
-    lab[..., 0] = 116.0 * f[..., 1] - 16.0
-    lab[..., 1] = 500.0 * (f[..., 0] - f[..., 1])
-    lab[..., 2] = 200.0 * (f[..., 1] - f[..., 2])
-    return lab
+    f = np.cbrt(xyz)
+    linear_part = xyz <= 0.008856                                # dark colours only: fix those few up
+    f[linear_part] = 7.787 * xyz[linear_part] + 16.0 / 116.0
+    fx, fy, fz = f.transpose(2, 0, 1)                            # (H, W) views
+    lab = np.empty((3,) + rgb.shape[:2], dtype=np.float32)       # channel-first: what neighbour_masks reads
+    lab[0] = 116.0 * fy - 16.0
+    lab[1] = 500.0 * (fx - fy)
+    lab[2] = 200.0 * (fy - fz)
+    return lab.transpose(1, 2, 0)
 
 
 def grid_shape(height: int, width: int) -> tuple[int, int]:
@@ -94,35 +98,55 @@ def grid_shape(height: int, width: int) -> tuple[int, int]:
 
 
 def pool_sum_counts(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-cell sums of a uint8 (H, W, C) image over 4×4 cells: uint16 (h, w, C), and pixel counts (h, w, 1)."""
+    """Per-cell sums of a uint8 (H, W, 3) image over 4×4 cells, channel-first: uint16 (3, h, w), and pixel
+    counts (h, w).
+
+    Rows are summed as little-endian uint16 (h, 4w, 3). A cell's 4 pixels × 3 channels in such a row are then
+    three uint64 words of four 16-bit lanes: w0 = (p0c0, p0c1, p0c2, p1c0), w1 = (p1c1, p1c2, p2c0, p2c1),
+    w2 = (p2c2, p3c0, p3c1, p3c2). Shifting each lane onto its channel's lane (0, 1, 2) and adding gives the
+    cell's three sums in one word: sums ≤ 16·255 < 2^16 never carry into the next lane; lane 3 collects
+    leftovers (dropped), and what a shift pushes out of the word is dropped.
+    """
     height, width, channels = image.shape
+    if channels != 3:
+        raise ValueError(f"pool_sum_counts expects (H, W, 3), got shape {image.shape}")
     h, w = grid_shape(height, width)
     if (height, width) != (h * GRID_STRIDE, w * GRID_STRIDE):       # partial cells: zero-pad to whole cells
         padded = np.zeros((h * GRID_STRIDE, w * GRID_STRIDE, channels), dtype=np.uint8)
         padded[:height, :width] = image
         image = padded
-    rows = image[0::4].astype(np.uint16)                             # (h, 4w, C), sums ≤ 4·255
+    rows = image[0::4].astype("<u2")                                 # (h, 4w, 3), sums ≤ 4·255
     rows += image[1::4]
     rows += image[2::4]
     rows += image[3::4]
-    cells = rows.reshape(h, w, GRID_STRIDE, channels)                # (h, 4w, C) -> (h, w, 4, C)
-    sums = cells[:, :, 0] + cells[:, :, 1] + cells[:, :, 2] + cells[:, :, 3]  # (h, w, C), ≤ 16·255
+    words = rows.reshape(h, 12 * w).view("<u8").reshape(h, w, 3)     # (h, w, 3 words of 4 lanes)
+    w0, w1, w2 = words[..., 0], words[..., 1], words[..., 2]         # (h, w) each
+    lanes = w0 + (w0 >> np.uint64(48))                               # c0: p0, p1 | c1: p0 | c2: p0
+    lanes += w1 >> np.uint64(32)                                     # c0: p2 | c1: p2
+    lanes += w1 << np.uint64(16)                                     # c1: p1 | c2: p1
+    lanes += w2 >> np.uint64(16)                                     # c0: p3 | c1: p3 | c2: p3
+    lanes += w2 << np.uint64(32)                                     # c2: p2
+    sums = np.ascontiguousarray(lanes.view("<u2").reshape(h, w, 4)[..., :3].transpose(2, 0, 1))  # (3, h, w)
     row_counts = np.minimum(height - GRID_STRIDE * np.arange(h), GRID_STRIDE)
     col_counts = np.minimum(width - GRID_STRIDE * np.arange(w), GRID_STRIDE)
-    counts = (row_counts[:, None] * col_counts[None, :]).astype(np.uint16)[..., None]  # (h, w, 1)
-    return sums, counts
+    counts = (row_counts[:, None] * col_counts[None, :]).astype(np.uint16)  # (h, w)
+    return sums.astype(np.uint16, copy=False), counts
 
 
 def pool_rgb_uint8(image: np.ndarray) -> np.ndarray:
-    """4×4 average pool of uint8 (H, W, 3), truncated to uint8 as AdelaiDet's `.byte()`: (h, w, 3) uint8."""
+    """4×4 average pool of uint8 (H, W, 3), truncated to uint8 as AdelaiDet's `.byte()`: (h, w, 3) uint8 (a view
+    of a channel-first array)."""
     sums, counts = pool_sum_counts(image)
-    return (sums // counts).astype(np.uint8)
+    if image.shape[0] % GRID_STRIDE == 0 and image.shape[1] % GRID_STRIDE == 0:
+        return (sums >> 4).astype(np.uint8).transpose(1, 2, 0)       # whole cells: // 16, without a division
+    return (sums // counts).astype(np.uint8).transpose(1, 2, 0)
 
 
 def pool_unit(image: np.ndarray) -> np.ndarray:
-    """4×4 average pool of uint8 (H, W, C) scaled to [0, 1]: float32 (h, w, C) = mean / 255."""
+    """4×4 average pool of uint8 (H, W, 3) scaled to [0, 1]: float32 (h, w, 3) = mean / 255 (a view of a
+    channel-first array)."""
     sums, counts = pool_sum_counts(image)
-    return sums.astype(np.float32) / (counts.astype(np.float32) * np.float32(255.0))
+    return (sums.astype(np.float32) / (counts.astype(np.float32) * np.float32(255.0))).transpose(1, 2, 0)
 
 
 def _overlap(offset: int, size: int) -> tuple[slice, slice]:
@@ -130,30 +154,61 @@ def _overlap(offset: int, size: int) -> tuple[slice, slice]:
     return slice(max(0, -offset), size - max(0, offset)), slice(max(0, offset), size + min(0, offset))
 
 
-def neighbour_similarity(features: np.ndarray, theta: float) -> np.ndarray:
-    """S[k, y, x] = exp(−‖f[:, y, x] − f[:, y+dy_k, x+dx_k]‖₂ / θ) for features (C, H, W): float32 (8, H, W).
+@functools.lru_cache(maxsize=64)
+def pair_threshold(theta: float, tau: float) -> np.float32:
+    """The largest float32 squared distance s whose similarity passes: np.exp(−np.sqrt(s) / θ) ≥ τ in float32.
 
-    (dy_k, dx_k) = NEIGHBOUR_OFFSETS[k]; S = 0 where the neighbour lies outside the frame. Offsets k and
-    7 − k are opposite, so each pair's value is computed once (for k ≥ 4) and shifted into map 7 − k.
+    The mask bit is [exp(−√s / θ) ≥ τ] with s = ‖Δf‖² in float32; √, ÷θ and the comparison are monotone and
+    float32 exp is monotone near the threshold (checked: every float32 within 2^16 ulps of the answer is
+    evaluated through the same numpy ops), so [s ≤ pair_threshold] gives the same bits without √, ÷, exp.
+    Beyond 2^16 ulps of s the similarity differs from τ by ≥ 0.1 %, far more than float32 exp's error.
+    """
+    theta32, tau32 = np.float32(theta), np.float32(tau)
+
+    def passes(s: np.ndarray) -> np.ndarray:                       # the float32 ops of the definition
+        return np.exp(-np.sqrt(s) / theta32) >= tau32
+
+    lo, hi = 0, 0x7F800000                                         # float32 bit patterns of 0 and +inf, ordered
+    if passes(np.array([np.inf] * 16, dtype=np.float32))[0]:       # τ = 0: every pair passes
+        return np.float32(np.inf)
+    while hi - lo > 1:                                             # passes(lo) and not passes(hi)
+        mid = (lo + hi) // 2
+        if passes(np.full(16, mid, dtype=np.int32).view(np.float32))[0]:
+            lo = mid
+        else:
+            hi = mid
+    band = np.arange(max(lo - 2 ** 16, 0), min(lo + 2 ** 16, 0x7F800000) + 1, dtype=np.int32)
+    if not np.array_equal(passes(band.view(np.float32)), band <= lo):
+        raise RuntimeError(f"float32 exp is not monotone near the affinity threshold (θ={theta}, τ={tau}); "
+                           f"cannot threshold on squared distances")
+    return np.array(lo, dtype=np.int32).view(np.float32)[()]
+
+
+def neighbour_masks(features: np.ndarray, theta: float, tau: float, valid_neighbours: np.ndarray) -> np.ndarray:
+    """Packed uint8 (H, W): bit k = [exp(−‖f[:, y, x] − f[:, y+dy_k, x+dx_k]‖₂ / θ) ≥ τ] and neighbour k valid.
+
+    features (C, H, W) float32; valid_neighbours (H, W) uint8, bit k set iff neighbour k is valid (and inside
+    the frame; frame_neighbour_valid). Offsets k and 7 − k are opposite, so each pair's squared distance is
+    computed once (for k ≥ 4) and its bit set on both ends; the similarity test is [s ≤ pair_threshold(θ, τ)].
     """
     if features.ndim != 3:
-        raise ValueError(f"neighbour_similarity expects features (C, H, W), got shape {features.shape}")
+        raise ValueError(f"neighbour_masks expects features (C, H, W), got shape {features.shape}")
     if not theta > 0:
-        raise ValueError(f"neighbour_similarity: theta must be > 0, got {theta}")
-    features = features.astype(np.float32, copy=False)
+        raise ValueError(f"neighbour_masks: theta must be > 0, got {theta}")
+    features = np.ascontiguousarray(features, dtype=np.float32)
     _, height, width = features.shape
+    limit = pair_threshold(float(theta), float(tau))
     count = len(NEIGHBOUR_OFFSETS)
-    similarity = np.zeros((count, height, width), dtype=np.float32)
+    packed = np.zeros((height, width), dtype=np.uint8)
     for k in range(count // 2, count):
         dy, dx = NEIGHBOUR_OFFSETS[k]
         ys, ys_n = _overlap(dy, height)
         xs, xs_n = _overlap(dx, width)
         diff = features[:, ys, xs] - features[:, ys_n, xs_n]           # (C, h', w')
-        distance = np.sqrt(np.einsum("chw,chw->hw", diff, diff))      # (h', w')
-        values = np.exp(-distance / np.float32(theta))
-        similarity[k, ys, xs] = values                                 # pair (centre, centre + offset)
-        similarity[count - 1 - k, ys_n, xs_n] = values                 # the same pair seen from the other end
-    return similarity
+        similar = (np.einsum("chw,chw->hw", diff, diff) <= limit).view(np.uint8)  # (h', w') 0/1
+        packed[ys, xs] |= similar << k                                 # pair (centre, centre + offset)
+        packed[ys_n, xs_n] |= similar << (count - 1 - k)               # the same pair seen from the other end
+    return packed & valid_neighbours
 
 
 def valid_cells(height: int, width: int, bottom_rows: int) -> np.ndarray:
@@ -179,8 +234,8 @@ def neighbour_valid(valid: np.ndarray) -> np.ndarray:
 
 @functools.lru_cache(maxsize=64)
 def frame_neighbour_valid(height: int, width: int, bottom_rows: int) -> np.ndarray:
-    """neighbour_valid(valid_cells(H, W, bottom_rows)), cached per frame size (read-only (8, h, w) bool)."""
-    out = neighbour_valid(valid_cells(height, width, bottom_rows))
+    """pack_bits(neighbour_valid(valid_cells(H, W, bottom_rows))), cached per frame size (read-only (h, w) uint8)."""
+    out = pack_bits(neighbour_valid(valid_cells(height, width, bottom_rows)))
     out.flags.writeable = False
     return out
 
@@ -277,24 +332,18 @@ class AffinityParams:
             raise ValueError(f"affinity.bottom_rows: expected an integer ≥ 0, got {self.bottom_rows!r}")
 
 
-def similarity_masks(features: np.ndarray, theta: float, tau: float, valid_neighbours: np.ndarray) -> np.ndarray:
-    """Packed uint8 (h, w): bit k = [S_k ≥ τ] and neighbour k valid; features (C, h, w), valid_neighbours
-    (8, h, w) bool (frame_neighbour_valid)."""
-    return pack_bits((neighbour_similarity(features, theta) >= np.float32(tau)) & valid_neighbours)
-
-
 def color_masks(frame: np.ndarray, theta: float, tau: float, bottom_rows: int) -> np.ndarray:
     """Packed colour masks (h, w) uint8 of an RGB uint8 frame (H, W, 3): pool 4×4 (truncated), Lab, threshold."""
     lab = rgb_to_lab(pool_rgb_uint8(frame))                        # (h, w, 3)
     valid = frame_neighbour_valid(frame.shape[0], frame.shape[1], bottom_rows)
-    return similarity_masks(lab.transpose(2, 0, 1), theta, tau, valid)
+    return neighbour_masks(lab.transpose(2, 0, 1), theta, tau, valid)
 
 
 def flow_masks(flow_rgb: np.ndarray, theta: float, tau: float, bottom_rows: int) -> np.ndarray:
     """Packed flow masks (h, w) uint8 of an RGB-encoded flow uint8 (H, W, 3): pool 4×4 to [0, 1], threshold."""
     unit = pool_unit(flow_rgb)                                     # (h, w, 3) in [0, 1]
     valid = frame_neighbour_valid(flow_rgb.shape[0], flow_rgb.shape[1], bottom_rows)
-    return similarity_masks(unit.transpose(2, 0, 1), theta, tau, valid)
+    return neighbour_masks(unit.transpose(2, 0, 1), theta, tau, valid)
 
 
 def frame_masks(frame: np.ndarray, flow_rgb: np.ndarray, params: AffinityParams) -> tuple[np.ndarray, np.ndarray]:
@@ -351,21 +400,26 @@ def open_affinity_store(path: str | os.PathLike, shard: int, flow_attrs: dict) -
 
 
 def video_masks(dataset: YtvisDataset, video: Video, flow_video: zarr.Array, flow_store: Path,
-                params: AffinityParams, progress: tqdm) -> tuple[np.ndarray, np.ndarray]:
-    """Packed (colour, flow) masks, each uint8 (T, ceil(H/4), ceil(W/4)), of every frame of one video;
-    flow_video: the video's (T, H, W, 3) uint8 array of the flow store at `flow_store`."""
+                params: AffinityParams, progress: tqdm, pool: ThreadPoolExecutor) -> tuple[np.ndarray, np.ndarray]:
+    """Packed (colour, flow) masks, each uint8 (T, ceil(H/4), ceil(W/4)), of every frame of one video, the
+    frames spread over `pool`'s threads (JPEG decoding, Zstd and numpy release the GIL); flow_video: the
+    video's (T, H, W, 3) uint8 array of the flow store at `flow_store`."""
     t_frames, height, width = video.length, video.height, video.width
     if tuple(flow_video.shape) != (t_frames, height, width, 3) or flow_video.dtype != np.uint8:
         raise ValueError(f"{flow_store}: flow of video {video.id}: expected uint8 {(t_frames, height, width, 3)} "
                          f"(T, H, W, 3) from train.json, found {flow_video.dtype} {tuple(flow_video.shape)}; "
                          f"rerun rule flow")
+
+    def masks_of_frame(t: int) -> tuple[np.ndarray, np.ndarray]:
+        frame = read_frame(dataset.frame_path(video, t), video.id, t, height, width)
+        flow_rgb = stored_frame(flow_video, t, f"{flow_store}: video {video.id} flow", "flow")
+        return frame_masks(frame, flow_rgb, params)
+
     h, w = grid_shape(height, width)
     color = np.empty((t_frames, h, w), np.uint8)
     flow = np.empty((t_frames, h, w), np.uint8)
-    for t in range(t_frames):
-        frame = read_frame(dataset.frame_path(video, t), video.id, t, height, width)
-        flow_rgb = stored_frame(flow_video, t, f"{flow_store}: video {video.id} flow", "flow")
-        color[t], flow[t] = frame_masks(frame, flow_rgb, params)
+    for t, (color_t, flow_t) in enumerate(pool.map(masks_of_frame, range(t_frames))):
+        color[t], flow[t] = color_t, flow_t
         progress.update(1)
     return color, flow
 
@@ -381,9 +435,11 @@ def write_video(group: zarr.Group, video_id: int, color: np.ndarray, flow: np.nd
 
 
 def run_shard(root: Path, annotations: Path, shard: int, flow_store: Path, params: AffinityParams,
-              out: Path) -> dict:
+              out: Path, threads: int = 1) -> dict:
     """Compute and write the affinity store of one shard (atomically), its content digest among the attributes
-    (pipeline.identity.DIGEST_ATTR); returns the summary for the JSON log."""
+    (pipeline.identity.DIGEST_ATTR), frames computed on `threads` threads; returns the summary for the JSON log."""
+    if threads < 1:
+        raise ValueError(f"affinity: --threads must be ≥ 1, got {threads}")
     started = time.perf_counter()
     dataset = load_ytvis(root, annotations, check_files=False)
     flow_group, flow_attrs, videos = open_shard_flow(flow_store, dataset, shard)
@@ -394,10 +450,10 @@ def run_shard(root: Path, annotations: Path, shard: int, flow_store: Path, param
     cells = 0
     remove_stale_temps(Path(out))                                  # left by a killed earlier run
     with atomic_dir(out) as tmp, tqdm(total=sum(v.length for v in videos), desc=f"affinity shard {shard}",
-                                      unit="frame") as progress:
+                                      unit="frame") as progress, ThreadPoolExecutor(threads) as pool:
         group = zarr.open_group(str(tmp), mode="w", zarr_format=3, attributes=attributes)
         for video in videos:
-            color, flow = video_masks(dataset, video, flow_group[str(video.id)], flow_store, params, progress)
+            color, flow = video_masks(dataset, video, flow_group[str(video.id)], flow_store, params, progress, pool)
             write_video(group, video.id, color, flow)
             set_bits["color"] += int(_BITS_SET[color].sum())
             set_bits["flow"] += int(_BITS_SET[flow].sum())
@@ -405,7 +461,8 @@ def run_shard(root: Path, annotations: Path, shard: int, flow_store: Path, param
         group.attrs.update({DIGEST_ATTR: store_digest(tmp)})
     seconds = time.perf_counter() - started
     frames = sum(v.length for v in videos)
-    return {"shard": shard, "out": str(out), "videos": len(videos), "frames": frames, "seconds": round(seconds, 3),
+    return {"shard": shard, "out": str(out), "videos": len(videos), "frames": frames, "threads": threads,
+            "seconds": round(seconds, 3),
             "frames_per_s": round(frames / max(seconds, 1e-9), 2),
             "pair_fraction": {k: round(v / max(8 * cells, 1), 4) for k, v in set_bits.items()},
             "params": dataclasses.asdict(params)}
@@ -422,10 +479,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--params", required=True, help="the `affinity` config section as JSON")
     parser.add_argument("--out", required=True, type=Path, help="results/affinity/shard_k.zarr (replaced atomically)")
     parser.add_argument("--log-json", type=Path, help="per-shard summary (JSON)")
+    parser.add_argument("--threads", type=int, default=1, help="threads computing frames (not params: no reruns)")
     args = parser.parse_args(argv)
     log = setup_logging()
     params = params_from_json(AffinityParams, args.params, "affinity (--params)")
-    summary = run_shard(args.root, args.annotations, args.shard, args.flow, params, args.out)
+    summary = run_shard(args.root, args.annotations, args.shard, args.flow, params, args.out, args.threads)
     log.info("affinity shard %d: %s", args.shard, json.dumps(summary))
     if args.log_json:
         write_json_atomic(args.log_json, summary)

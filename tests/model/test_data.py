@@ -220,3 +220,48 @@ def test_padder_places_images_top_left_on_zeros() -> None:
             for x in range(image.shape[1]):
                 want[i, :, y, x] = image[y, x]
     assert out.dtype == torch.uint8 and np.array_equal(out.numpy(), want)
+
+
+def test_samples_byte_identical_to_negative_stride_route(tiny_data: dict) -> None:
+    """cv2.flip / cv2.cvtColor give the bytes of numpy's negative-stride flips and bit arithmetic: every sample
+    (flipped or not, resized up and down) equals the route built from `image[:, ::-1]` copies."""
+    import cv2
+
+    from pipeline.affinity import hflip_packed
+    from pipeline.flow_codec import hflip_flow_rgb
+
+    data = _dataset(tiny_data, min_sizes=(48, 64, 96), max_size=128)
+    flips = 0
+    for i in range(12):
+        key = SampleKey(frame=i, seed=1, iteration=i, slot=0)
+        rng = np.random.default_rng([key.seed, key.iteration, key.slot])
+        flip, short = bool(rng.random() < 0.5), int(rng.choice((48, 64, 96)))
+        image, flow, color, flow_pairs, _, _ = data.read(i)
+        if flip:
+            image, flow = image[:, ::-1], hflip_flow_rgb(flow)
+            color, flow_pairs = hflip_packed(color), hflip_packed(flow_pairs)
+        out_hw = resized_shape(image.shape[0], image.shape[1], short, 128)
+        if out_hw != image.shape[:2]:
+            image = cv2.resize(np.ascontiguousarray(image), out_hw[::-1], interpolation=cv2.INTER_LINEAR)
+            flow = cv2.resize(np.ascontiguousarray(flow), out_hw[::-1], interpolation=cv2.INTER_LINEAR)
+            grid = grid_shape(*out_hw)
+            color, flow_pairs = resize_packed(color, grid), resize_packed(flow_pairs, grid)
+        sample = data[key]
+        flips += flip
+        for got, want in ((sample.image, image), (sample.flow, flow), (sample.pair_color, color),
+                          (sample.pair_flow, flow_pairs)):
+            assert got.dtype == want.dtype and got.tobytes() == np.ascontiguousarray(want).tobytes()
+    assert 0 < flips < 12
+
+
+def test_collate_channels_last_same_values_without_transposing() -> None:
+    """collate(channels_last=True): the same values as the default batch, in channels_last memory."""
+    rng = np.random.default_rng(1)
+    samples = [Sample(rng.integers(0, 255, (h, w, 3), dtype=np.uint8), rng.integers(0, 255, (h, w, 3), dtype=np.uint8),
+                      rng.integers(0, 255, (-(-h // 4), -(-w // 4)), dtype=np.uint8), None,
+                      np.zeros((0, 4), np.float32), np.zeros((0,), np.int64)) for h, w in ((40, 70), (33, 20))]
+    plain, last = collate(samples), collate(samples, channels_last=True)
+    for a, b in ((plain.images, last.images), (plain.flows, last.flows)):
+        assert a.is_contiguous() and b.is_contiguous(memory_format=torch.channels_last) and not b.is_contiguous()
+        assert torch.equal(a, b)
+    assert torch.equal(plain.pair_color, last.pair_color) and torch.equal(plain.pair_flow, last.pair_flow)

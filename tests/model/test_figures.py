@@ -40,10 +40,12 @@ def assert_png(path: Path, min_side: int = 100) -> np.ndarray:
 def test_training_curves_from_metrics_files(tmp_path: Path) -> None:
     log = tmp_path / "metrics.jsonl"
     lines = [{"step": 40, "lr": 0.01, "loss": 2.0, "loss_cls": 0.5}, {"step": 20, "lr": 0.005, "loss": 3.0},
-             {"step": 60, "lr": 0.01, "loss": float("nan"), "skipped": True}]
+             {"step": 60, "lr": 0.01, "loss": float("nan"), "skipped": True},
+             {"step": 80, "lr": 0.01, "loss": 1.5, "steps": 20, "skipped": 3},  # mean of 17 finite steps
+             {"step": 100, "lr": 0.01, "loss": float("nan"), "steps": 20, "skipped": 20}]
     log.write_text("\n".join(json.dumps(r) for r in lines) + "\n")
     records = read_metrics(log)
-    assert [r["step"] for r in records] == [20, 40]  # sorted, the skipped step left out
+    assert [r["step"] for r in records] == [20, 40, 80]  # sorted, records of skipped steps only left out
     plot_training_curves({"BoxInst": records, "Ours": [{"step": 20, "lr": 0.005, "loss": 2.5}]},
                          tmp_path / "curves.png")
     assert_png(tmp_path / "curves.png")

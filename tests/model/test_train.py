@@ -204,6 +204,9 @@ def test_run_key_keeps_extended_runs_and_separates_changed_ones() -> None:
     key = run_key({"backbone": "resnet18"}, params(), inputs)
     assert run_key({"backbone": "resnet18"}, params(iters=600, checkpoint_every=7, max_bad_steps=9), inputs) == key
     assert run_key({"backbone": "resnet18"}, params(lr=0.02), inputs) != key
+    # memory layout and compilation: same arithmetic (tests/model/test_ddp.py measures the losses); TF32: not
+    assert run_key({"backbone": "resnet18"}, params(channels_last=True, compile=True), inputs) == key
+    assert run_key({"backbone": "resnet18"}, params(tf32=True), inputs) != key
     assert run_key({"backbone": "resnet18"}, params(seed=1), inputs) != key
     assert run_key({"backbone": "resnet50"}, params(), inputs) != key
     other = {**inputs, "affinity/shard_0.zarr": {"content_sha256": "3" * 64}}
@@ -232,6 +235,7 @@ def test_ytvis2019_config_is_the_papers_setting() -> None:
     validate(config, str(schema))
     train = params_from_json(TrainParams, json.dumps(config["train"]), "train")
     assert (train.amp, train.sync_bn, train.weight_decay, train.momentum) == ("fp32", False, 1e-4, 0.9)
+    assert (train.tf32, train.channels_last) == (False, True)  # true fp32 as the paper; layout is speed only
     assert (train.iters, train.batch_size, train.scaled_lr, train.steps) == (90000, 16, 0.01, (60000, 80000))
     for name, width in (("ours", 16), ("no_motion_mask", 16), ("mask_sum", 8), ("boxinst", 16)):
         model = ModelParams(**{**config["model"], **config["experiments"][name]["model"]})

@@ -47,13 +47,84 @@ def test_neighbour_offsets_row_major_without_centre():
     assert aff.HFLIP_NEIGHBOURS == (2, 1, 0, 4, 3, 7, 6, 5)
 
 
+def packed_similar(similarity: np.ndarray, tau: float) -> np.ndarray:
+    """Pack [similarity (8, H, W) ≥ τ] into uint8 (H, W) by a loop over the bits."""
+    packed = np.zeros(similarity.shape[1:], np.uint8)
+    for k in range(8):
+        packed |= ((similarity[k] >= tau) << k).astype(np.uint8)
+    return packed
+
+
 @pytest.mark.parametrize("channels,height,width", [(3, 7, 9), (1, 3, 2), (2, 1, 5)])
-def test_similarity_equals_double_loop(channels, height, width):
+def test_neighbour_masks_equal_double_loop(channels, height, width):
     rng = np.random.default_rng(height * 10 + width)
     features = rng.normal(0, 1.5, (channels, height, width)).astype(np.float32)
-    got = aff.neighbour_similarity(features, theta=0.7)
-    assert got.dtype == np.float32 and got.shape == (8, height, width)
-    np.testing.assert_allclose(got, brute_similarity(features, 0.7), rtol=2e-6, atol=1e-7)
+    all_valid = np.full((height, width), 0xFF, np.uint8)
+    brute = brute_similarity(features, 0.7)
+    inside = packed_similar(brute_similarity(np.zeros_like(features), 0.7), 0.5)  # bit k: neighbour in the frame
+    got = aff.neighbour_masks(features, theta=0.7, tau=0.5, valid_neighbours=all_valid)
+    assert got.dtype == np.uint8 and got.shape == (height, width)
+    assert np.array_equal(got, packed_similar(brute, 0.5) & inside)
+    assert np.array_equal(aff.neighbour_masks(features, 0.7, 0.5, np.zeros_like(all_valid)), np.zeros_like(got))
+
+
+def float32_similar(squared: np.ndarray, theta: float, tau: float) -> np.ndarray:
+    """The similarity test in float32, as the stage computed it before pair_threshold: exp(−√s / θ) ≥ τ."""
+    distance = np.sqrt(squared.astype(np.float32))
+    return np.exp(-distance / np.float32(theta)) >= np.float32(tau)
+
+
+@pytest.mark.parametrize("theta,tau", [(2.0, 0.3), (0.5, 0.6), (1.0, 1.0), (3.0, 1e-6), (0.01, 0.999)])
+def test_pair_threshold_is_the_float32_boundary(theta, tau):
+    limit = aff.pair_threshold(theta, tau)
+    assert limit.dtype == np.float32
+    around = limit.view(np.int32) + np.arange(-3000, 3001, dtype=np.int32)   # consecutive float32 around it
+    squared = np.concatenate([around.view(np.float32), np.float32([0.0, 1e-30, limit * 2, 1e30])])
+    squared = squared[squared >= 0]
+    assert np.array_equal(squared <= limit, float32_similar(squared, theta, tau))
+    assert float32_similar(np.float32([limit] * 8), theta, tau).all()
+    assert not float32_similar(np.nextafter(np.float32([limit] * 8), np.float32(np.inf)), theta, tau).any()
+    assert aff.pair_threshold(1.0, 0.0) == np.inf                  # τ = 0: every pair is similar
+
+
+def reference_masks(features: np.ndarray, theta: float, tau: float, valid: np.ndarray) -> np.ndarray:
+    """The masks as the stage computed them before pair_threshold (float32 similarity maps, then ≥ τ, & valid),
+    features (C, H, W) in any memory layout, valid (8, H, W) bool."""
+    _, height, width = features.shape
+    similarity = np.zeros((8, height, width), dtype=np.float32)
+    for k in range(4, 8):
+        dy, dx = aff.NEIGHBOUR_OFFSETS[k]
+        ys, ys_n = aff._overlap(dy, height)
+        xs, xs_n = aff._overlap(dx, width)
+        diff = features[:, ys, xs] - features[:, ys_n, xs_n]
+        values = np.exp(-np.sqrt(np.einsum("chw,chw->hw", diff, diff)) / np.float32(theta))
+        similarity[k, ys, xs] = values
+        similarity[7 - k, ys_n, xs_n] = values
+    return aff.pack_bits((similarity >= np.float32(tau)) & valid)
+
+
+def test_masks_bit_identical_to_float32_similarity_route():
+    """Thresholding squared distances gives the bits of the float32 exp route, also for pairs whose squared
+    distance is within a few ulps of the boundary (crafted), on frames of several sizes (both modalities)."""
+    limit = aff.pair_threshold(2.0, 0.3)
+    steps = np.arange(-600, 600, dtype=np.int32)
+    near = (np.sqrt(np.float32(limit)).view(np.int32) + steps).view(np.float32)  # distances around √limit
+    features = np.zeros((3, 1200, 3), np.float32)                    # column 0 and 2 pair at dx = 2
+    features[1, :, 2] = near
+    features[0, :, 0] = np.float32(0.25) * (steps % 3)              # a second channel moves some pairs
+    valid = np.ones((8, 1200, 3), bool)
+    got = aff.neighbour_masks(features, 2.0, 0.3, aff.pack_bits(valid))
+    assert np.array_equal(got, reference_masks(features, 2.0, 0.3, valid))
+    assert 0 < (got[:, 0] >> 4 & 1).sum() < 1200                      # both sides of the boundary are present
+    params = aff.AffinityParams(theta_color=2.0, tau_color=0.3, theta_flow=0.5, tau_flow=0.6, bottom_rows=10)
+    for seed, (height, width) in enumerate([(360, 640), (45, 50), (37, 92)]):
+        frame, flow = blocky_frame(height, width, seed, block=7), blocky_frame(height, width, seed + 9, block=5)
+        valid = aff.neighbour_valid(aff.valid_cells(height, width, 10))
+        lab = aff.rgb_to_lab(aff.pool_rgb_uint8(frame)).transpose(2, 0, 1)       # (3, h, w) view, as before
+        unit = aff.pool_unit(flow).transpose(2, 0, 1)
+        color, flow_m = aff.frame_masks(frame, flow, params)
+        assert np.array_equal(color, reference_masks(lab, 2.0, 0.3, valid))
+        assert np.array_equal(flow_m, reference_masks(unit, 0.5, 0.6, valid))
 
 
 def test_pack_unpack_round_trip_and_bit_order():
@@ -125,6 +196,10 @@ def test_pooling_equals_loop_and_truncates(height, width):
     cell = np.full((4, 4, 3), 127, np.uint8)
     cell[0, :3] = 128                                               # mean 127.1875 -> 127 (truncated)
     assert aff.pool_rgb_uint8(cell)[0, 0].tolist() == [127, 127, 127]
+    sums, counts = aff.pool_sum_counts(np.full((height, width, 3), 255, np.uint8))  # the largest sums: no carry
+    assert sums.shape == (3, h, w) and np.array_equal(sums, np.broadcast_to(255 * counts, (3, h, w)))
+    with pytest.raises(ValueError, match="expects \\(H, W, 3\\)"):
+        aff.pool_sum_counts(np.zeros((8, 8, 4), np.uint8))
 
 
 def brute_masks(image: np.ndarray, theta: float, tau: float, bottom_rows: int, lab: bool) -> np.ndarray:
@@ -334,6 +409,24 @@ def test_cli_writes_shard_store(make_ytvis, tmp_path):
         assert summary["pair_fraction"][name] == round(count / (8 * 6 * 7 * 8), 4)
     assert not (out / "stale").exists()
     assert [p.name for p in out.parent.iterdir()] == ["shard_1.zarr"]  # no temporary folder left
+
+
+def test_pooled_job_writes_byte_identical_store(make_ytvis, tmp_path):
+    root = make_ytvis(videos=6, frames=5, height=26, width=32)
+    flow_store = tmp_path / "flow" / "shard_0.zarr"
+    write_flow_store(flow_store, root, shard=0, shard_size=4)
+    section = {"theta_color": 2.0, "tau_color": 0.3, "theta_flow": 0.5, "tau_flow": 0.6, "bottom_rows": 10}
+    stores = {}
+    for threads in (1, 3):
+        out = tmp_path / f"threads_{threads}" / "shard_0.zarr"
+        aff.main(["--root", str(root), "--annotations", str(root / "train.json"), "--shard", "0",
+                  "--flow", str(flow_store), "--params", json.dumps(section), "--out", str(out),
+                  "--threads", str(threads), "--log-json", str(out.parent / "log.json")])
+        stores[threads] = {p.relative_to(out): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+        assert json.loads((out.parent / "log.json").read_text())["threads"] == threads
+    assert len(stores[1]) > 8 and stores[1] == stores[3]
+    with pytest.raises(ValueError, match="--threads must be ≥ 1"):
+        aff.run_shard(root, root / "train.json", 0, flow_store, aff.AffinityParams(**section), tmp_path / "x", 0)
 
 
 def test_cli_rejects_flow_store_of_another_shard(make_ytvis, tmp_path):

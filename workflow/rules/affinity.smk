@@ -23,4 +23,4 @@ rule affinity:
     shell:
         "python -m pipeline.affinity --root {params.root:q} --annotations {params.annotations:q}"
         " --shard {wildcards.k} --flow {input.flow:q} --params {params.cfg:q} --out {output:q}"
-        " --log-json {log.summary:q} 2> {log.stderr:q}"
+        " --log-json {log.summary:q} --threads {threads} 2> {log.stderr:q}"
