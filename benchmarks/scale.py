@@ -56,7 +56,8 @@ EVAL_GPU_S_PER_FRAME_PLACEHOLDER = 0.05  # R-50 two-stream inference per frame a
 # Run B trains one image per step at the paper's smallest scale: batch 2 at 800x1333 (two-stream R-50) peaks at
 # over 9 GB on the CPU and was killed for memory on the 23 GB development VM shared by 7 engineers.
 TRAIN_BATCH, TRAIN_MIN_SIZES, TRAIN_MAX_SIZE = 1, [640], 1138
-EVAL_CPU_S_PER_FRAME_ISSUE13 = 0.24  # CPU mask conversion + RLE per 720p frame with 100 detections (issue #13)
+EVAL_CPU_S_PER_FRAME_ISSUE13 = 0.24
+KEEP_CHECKPOINTS = 2  # model/train.py keeps the newest 2 checkpoints (+ final.pt); run B saves one  # CPU mask conversion + RLE per 720p frame with 100 detections (issue #13)
 
 
 # ---------------------------------------------------------------- dataset
@@ -142,6 +143,7 @@ def build_datasets(work: Path, videos: int, frames_small: int, frames_large: int
     for name in ("full", "model", "dry"):
         shutil.rmtree(work / name, ignore_errors=True)
         (work / name).mkdir(parents=True)
+    start = time.perf_counter()
     counts = generate(work / "generated.json", "str", seed=seed)
     data = json.loads((work / "generated.json").read_text())
     (work / "generated.json").unlink()
@@ -175,6 +177,7 @@ def build_datasets(work: Path, videos: int, frames_small: int, frames_large: int
             os.link(full / "JPEGImages" / name, work / "model" / "JPEGImages" / name)
     jpeg_bytes = [os.path.getsize(full / "JPEGImages" / n) for v in person + other for n in v["file_names"]]
     return {**counts, "frames": sum(v["length"] for v in data["videos"]), "bytes": (full / "train.json").stat().st_size,
+            "build_s": time.perf_counter() - start,
             "sample_videos": 2 * videos, "sample_frames": len(jpeg_bytes),
             "jpeg_bytes_per_frame": float(np.mean(jpeg_bytes))}
 
@@ -319,9 +322,10 @@ def extrapolate(m: Measured, run: FullRun, machine: Machine) -> dict[str, dict[s
 
 
 def store_totals(bytes_a: float, bytes_b: float, files_a: float, files_b: float, frames: int,
-                 shards: int) -> tuple[float, float]:
-    """(bytes, files) of a per-shard store type over the full run: a per shard + b per frame."""
-    return shards * bytes_a + frames * bytes_b, shards * files_a + frames * files_b
+                 groups: float) -> tuple[float, float]:
+    """(bytes, files) of a store type over the full run: a per group of videos (the sample's shard: metadata
+    and per-video files) + b per frame."""
+    return groups * bytes_a + frames * bytes_b, groups * files_a + frames * files_b
 
 
 # ---------------------------------------------------------------- the rehearsal
@@ -336,7 +340,6 @@ def write_config(path: Path, config: dict) -> Path:
 def rehearse(args: argparse.Namespace) -> dict:
     """Build the datasets, run A, B and the dry run; returns every measurement."""
     work = args.work.resolve()
-    t0 = time.perf_counter()
     made = work / "datasets.json"  # the datasets' counts and the arguments they were made with
     wanted = {"videos": args.videos, "frames_small": args.frames_small, "frames_large": args.frames_large,
               "seed": args.seed}
@@ -346,7 +349,6 @@ def rehearse(args: argparse.Namespace) -> dict:
         made.unlink(missing_ok=True)
         sizes = build_datasets(work, args.videos, args.frames_small, args.frames_large, args.seed)
         write_json_atomic(made, {"args": wanted, "sizes": sizes})
-    setup_s = time.perf_counter() - t0
     done_a = work / "run_a.json"  # run A's measurements, kept for a --reuse after a failed run B
     if not (args.reuse and done_a.is_file()):
         done_a.unlink(missing_ok=True)
@@ -396,8 +398,8 @@ def rehearse(args: argparse.Namespace) -> dict:
     files = {name: tree_size(work / "run_a" / "results" / name) for name in
              ("split", "index/train_train.h5", "index/train_val.h5")}
     files["checkpoint"] = tree_size(work / "run_b" / "results" / "train" / "ours" / "final.pt")
-    return {"git": git_head(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "sizes": sizes,
-            "setup_s": setup_s, "shard_frames": shard_frames, "flow_steps": steps,
+    files["checkpoints"] = tree_size(work / "run_b" / "results" / "train" / "ours" / "checkpoints")  # one saved
+    return {"git": git_head(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "sizes": sizes, "shard_frames": shard_frames, "flow_steps": steps,
             "run_a": run_a, "run_b": run_b,
             "dry_run": {"wall_s": dry["wall_s"], "cpu_s": dry["cpu_s"], "jobs": job_stats(dry["stdout"])},
             "benchmarks": {**{f"A:{k}": v for k, v in bench_a.items()}, **{f"B:{k}": v for k, v in bench_b.items()}},
@@ -460,6 +462,11 @@ def report(r: dict, m: Measured, run: FullRun, gma_source: str, command: str) ->
     shards = math.ceil(run.videos / run.shard_size)
     per_shard = run.frames / shards
     mib = 1 / 1024 ** 2
+
+    def cpu_of(run: str) -> float:
+        """CPU seconds of a run's measured jobs."""
+        return sum(v["cpu_s"] for k, v in b.items() if k.startswith(run))
+
     frames_of = {"A:flow/shard_0": r["shard_frames"][0], "A:flow/shard_1": r["shard_frames"][1],
                  "A:affinity/shard_0": r["shard_frames"][0], "A:affinity/shard_1": r["shard_frames"][1],
                  "B:evaluate/ours": r["eval_frames"]}
@@ -469,12 +476,14 @@ def report(r: dict, m: Measured, run: FullRun, gma_source: str, command: str) ->
     out = [
         "# Scale rehearsal: the full YouTube-VIS 2019 run, extrapolated from a measured sample",
         "",
-        "Generated by `benchmarks/scale.py` (do not edit by hand; rerun it). Command:",
+        "Generated by `benchmarks/scale.py` (do not edit by hand; rerun it). The rehearsal, then this page:",
         "",
+        f"    {r.get('command', command)}",
         f"    {command}",
         "",
-        f"Run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {os.cpu_count()} cores "
-        f"(load average {os.getloadavg()[0]:.1f} at the end), git {git_head()}. Wall times on a shared machine "
+        f"Rehearsal run {r['date']} at git {r['git']}; this page written "
+        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {os.cpu_count()} cores (load average "
+        f"{os.getloadavg()[0]:.1f}). Wall times on a shared machine "
         "are noisy: the extrapolation uses CPU seconds wherever it can. Each job runs in its own snakemake call; "
         "its CPU is the call's (getrusage of all its processes) less a call with nothing to do "
         f"({r['benchmarks']['A:split/split']['idle_call_cpu_s']:.1f} s). Snakemake's `cpu_time` samples the job "
@@ -490,12 +499,13 @@ def report(r: dict, m: Measured, run: FullRun, gma_source: str, command: str) ->
         f"{s['sample_videos'] // 2}. Mean JPEG: {s['jpeg_bytes_per_frame'] / 1024:.0f} KiB per frame.",
         f"- Run A, through snakemake on the full `train.json` (every job parses it, as at full size): split, "
         f"both frame indexes, flow (DIS medium on the CPU) and affinity of shards 0 and 1: "
-        f"{r['run_a']['wall_s']:.0f} s wall, {r['run_a']['cpu_s']:.0f} s CPU.",
+        f"{r['run_a']['wall_s']:.0f} s wall, the jobs' CPU {cpu_of('A:'):.0f} s.",
         f"- Run B, through snakemake on shard 0's videos alone: the `ours` experiment with the paper's network "
         f"(config/ytvis2019.yaml; no pretrained weights) at the paper's smallest training scale, a few "
         f"iterations at batch {r['train_batch']}, evaluated at the paper's test size on its {r['eval_frames']} train_val frames: "
-        f"{r['run_b']['wall_s']:.0f} s wall, {r['run_b']['cpu_s']:.0f} s CPU.",
-        f"- Dataset generation and frames: {r['setup_s']:.0f} s wall.",
+        f"{r['run_b']['wall_s']:.0f} s wall, the two jobs' CPU {cpu_of('B:'):.0f} s.",
+        f"- Dataset generation and frames: {s['build_s']:.0f} s wall." if "build_s" in s else
+        "- Dataset generation and frames: made by an earlier call (--reuse), not timed.",
         "",
         "## Jobs as measured (wall, max RSS, I/O: Snakemake `benchmark:` files results/benchmarks/<rule>/<job>.tsv)",
         "",
@@ -513,7 +523,7 @@ def report(r: dict, m: Measured, run: FullRun, gma_source: str, command: str) ->
         f"({1 / m.affinity_b_s:.1f} frames per CPU-second); it kept {m.affinity_utilisation:.2f} CPUs busy.",
         f"- train on the CPU (one thread, the paper's R-50 two-stream at short side {TRAIN_MIN_SIZES[0]}, long side "
         f"≤ {TRAIN_MAX_SIZE}): "
-        f"{r['train_step_s']:.1f} s per iteration of {r['train_batch']} images (last step of metrics.jsonl). "
+        f"{r['train_step_s']:.1f} s per iteration of {r['train_batch']} image(s) (last step of metrics.jsonl). "
         "Not used for the GPU figures below.",
         f"- evaluate on the CPU: {b['B:evaluate/ours']['cpu_s'] / r['eval_frames']:.1f} CPU-s per frame "
         "(job total / frames: start-up included, an upper bound). Not used for the GPU figures below.",
@@ -562,23 +572,27 @@ def report(r: dict, m: Measured, run: FullRun, gma_source: str, command: str) ->
     aff_fit = [fit_line(r["shard_frames"][0], r["stores"]["affinity/shard_0"][i], r["shard_frames"][1],
                         r["stores"]["affinity/shard_1"][i]) for i in (0, 1)]
     disk = []
-    for name, ((ba, bb), (fa, fb)) in (("results/flow (per shard store)", flow_fit),
-                                       ("results/affinity (per shard store)", aff_fit)):
-        total_b, total_f = store_totals(ba, bb, fa, fb, run.frames, shards)
-        disk.append([name, f"{ba * mib:.2f} MiB + {bb / 1024:.1f} KiB/frame; {fa:.1f} + {fb:.2f} files/frame",
+    sample_shard = s["sample_videos"] // 2
+    for name, ((ba, bb), (fa, fb)) in (("results/flow", flow_fit), ("results/affinity", aff_fit)):
+        total_b, total_f = store_totals(ba, bb, fa, fb, run.frames, run.videos / sample_shard)
+        disk.append([name, f"{ba * mib:.2f} MiB + {fa:.0f} files per {sample_shard} videos; "
+                           f"{bb / 1024:.1f} KiB + {fb:.2f} files per frame",
                      f"{total_b / 1024 ** 3:.1f}", f"{total_f:,.0f}"])
     disk.append(["dataset JPEGs (procedural; real frames differ)", f"{s['jpeg_bytes_per_frame'] / 1024:.0f} KiB/frame",
                  f"{s['jpeg_bytes_per_frame'] * run.frames / 1024 ** 3:.1f}", f"{run.frames:,}"])
     for name in ("split", "index/train_train.h5", "index/train_val.h5"):
         size, count = r["files"][name]
         disk.append([f"results/{name}", "measured at full size", f"{size / 1024 ** 3:.2f}", count])
-    ckpt, _ = r["files"]["checkpoint"]
-    per_exp = run.iters // r["paper"]["checkpoint_every"] + 1
-    disk.append(["results/train (checkpoints, if all kept)", f"{ckpt * mib:.0f} MiB each × {per_exp} × "
-                 f"{run.experiments}", f"{ckpt * per_exp * run.experiments / 1024 ** 3:.1f}",
-                 per_exp * run.experiments])
+    final, _ = r["files"]["checkpoint"]
+    ckpt, ckpt_files = r["files"]["checkpoints"]
+    per_exp = final + KEEP_CHECKPOINTS * ckpt
+    disk.append(["results/train (final.pt + the newest checkpoints kept)",
+                 f"({final * mib:.0f} + {KEEP_CHECKPOINTS} × {ckpt * mib:.0f}) MiB × {run.experiments}",
+                 f"{per_exp * run.experiments / 1024 ** 3:.1f}", (1 + KEEP_CHECKPOINTS * ckpt_files) * run.experiments])
     out += ["## Disk and inodes", "", table(["store", "per unit (measured)", "GiB", "files"], disk), "",
-            "Store sizes: the flow and affinity stores hold procedural frames; real video compresses differently.",
+            "Flow and affinity: a + b × frames fitted through the two sample shards (equal video counts, so a counts per "
+            f"{sample_shard} videos: metadata and per-video files scale with videos, not with shards). The stores "
+            "hold procedural frames; real video compresses differently.",
             "", "## Peak memory per job (max RSS, Snakemake benchmark)", ""]
     peak = {}
     for key, v in b.items():
@@ -646,7 +660,8 @@ def main() -> int:
     parser.add_argument("--train-s-per-image", type=float, default=TRAIN_S_PER_IMAGE_PLACEHOLDER)
     parser.add_argument("--eval-gpu-s-per-frame", type=float, default=EVAL_GPU_S_PER_FRAME_PLACEHOLDER)
     args = parser.parse_args()
-    r = json.loads(args.from_json.read_text()) if args.from_json else rehearse(args)
+    command = "python benchmarks/scale.py " + " ".join(sys.argv[1:])
+    r = json.loads(args.from_json.read_text()) if args.from_json else dict(rehearse(args), command=command)
     if args.json:
         write_json_atomic(args.json, r)
     gma_fps, gma_source = gpu_rates(args.gpu_json)
@@ -661,7 +676,6 @@ def main() -> int:
                        eval_cpu_s_per_frame=EVAL_CPU_S_PER_FRAME_ISSUE13)
 
     m, run = measured_from(r), run_of(r)
-    command = "python benchmarks/scale.py " + " ".join(sys.argv[1:])
     text = report(r, m, run, gma_source, command)
     if args.before:
         text += "\n" + comparison(json.loads(args.before.read_text()), r, run_of)

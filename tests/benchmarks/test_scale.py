@@ -43,10 +43,10 @@ def test_extrapolation_cpu_bound_flow():
 
 
 def test_fit_and_store_totals():
-    """A line through (60, 10) and (160, 30): y = -2 + 0.2 x. Stores: 10 shards * 1000 B + 3000 frames * 50 B,
+    """A line through (60, 10) and (160, 30): y = -2 + 0.2 x. Stores: 10 groups * 1000 B + 3000 frames * 50 B,
     10 * 3 + 3000 * 1 files."""
     assert fit_line(60, 10, 160, 30) == pytest.approx((-2.0, 0.2))
-    assert store_totals(1000, 50, 3, 1, frames=3000, shards=10) == pytest.approx((160000, 3030))
+    assert store_totals(1000, 50, 3, 1, frames=3000, groups=10) == pytest.approx((160000, 3030))
 
 
 def test_reads_snakemake_outputs(tmp_path: Path):
