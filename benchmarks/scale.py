@@ -600,7 +600,8 @@ def report(r: dict, m: Measured, run: FullRun, gma_source: str, command: str) ->
         peak[rule] = max(peak.get(rule, 0.0), v["max_rss"])
     out += [table(["rule", "max RSS MiB (sample)", "at full size"],
                   [[k, f"{v:.0f}", "measured at full size" if k in ("split", "frame_index") else
-                    ("the full train.json parse included; a 64-video shard adds frames held in flight only"
+                    (f"full train.json parse included; shard 0 / 1 ({r['shard_frames'][0]} / {r['shard_frames'][1]} "
+                     f"frames): {b[f'A:{k}/shard_0']['max_rss']:.0f} / {b[f'A:{k}/shard_1']['max_rss']:.0f}"
                      if k in ("flow", "affinity") else "paper network on CPU; host memory of a GPU job differs")]
                    for k, v in peak.items()]), ""]
     dry = r["dry_run"]
