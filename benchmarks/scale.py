@@ -523,8 +523,9 @@ def report(r: dict, m: Measured, run: FullRun, gma_source: str, command: str) ->
         f"({1 / m.affinity_b_s:.1f} frames per CPU-second); it kept {m.affinity_utilisation:.2f} CPUs busy.",
         f"- train on the CPU (one thread, the paper's R-50 two-stream at short side {TRAIN_MIN_SIZES[0]}, long side "
         f"≤ {TRAIN_MAX_SIZE}): "
-        f"{r['train_step_s']:.1f} s per iteration of {r['train_batch']} image(s) (last step of metrics.jsonl). "
-        "Not used for the GPU figures below.",
+        f"{r['train_step_s']:.1f} s wall for the last iteration of {r['train_batch']} image(s) (metrics.jsonl `step_s`, "
+        f"on the loaded machine); the job's CPU, {b['B:train/ours']['cpu_s']:.1f} s for all its iterations and "
+        "start-up, bounds the CPU per iteration. Not used for the GPU figures below.",
         f"- evaluate on the CPU: {b['B:evaluate/ours']['cpu_s'] / r['eval_frames']:.1f} CPU-s per frame "
         "(job total / frames: start-up included, an upper bound). Not used for the GPU figures below.",
         "",
