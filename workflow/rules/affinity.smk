@@ -11,6 +11,8 @@ rule affinity:
     log:
         stderr="logs/affinity/shard_{k}.log",
         summary="logs/affinity/shard_{k}.json",
+    benchmark:
+        "results/benchmarks/affinity/shard_{k}.tsv"
     wildcard_constraints:
         k=r"\d+",
     conda:

@@ -30,6 +30,8 @@ rule split:
         summary="results/split/summary.json",
     log:
         "logs/split/split.log",
+    benchmark:
+        "results/benchmarks/split/split.tsv"
     conda:
         "../../envs/data.yaml"
     params:

@@ -13,6 +13,8 @@ rule evaluate:
         results="results/eval/{exp}/coco_results.json",
     log:
         "logs/evaluate/{exp}.log",
+    benchmark:
+        "results/benchmarks/evaluate/{exp}.tsv"
     conda:
         "../../envs/train.yaml"
     threads: 2

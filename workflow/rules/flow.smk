@@ -29,6 +29,8 @@ rule flow:
     log:
         stderr="logs/flow/shard_{k}.log",
         summary="logs/flow/shard_{k}.json",
+    benchmark:
+        "results/benchmarks/flow/shard_{k}.tsv"
     wildcard_constraints:
         k=r"\d+",
     conda:

@@ -10,6 +10,8 @@ rule frame_index:
         "results/index/{split}.h5",
     log:
         "logs/frame_index/{split}.log",
+    benchmark:
+        "results/benchmarks/frame_index/{split}.tsv"
     wildcard_constraints:
         split="train_train|train_val",
     conda:
@@ -37,6 +39,8 @@ rule train:
         "results/train/{exp}/final.pt",
     log:
         "logs/train/{exp}.log",
+    benchmark:
+        "results/benchmarks/train/{exp}.tsv"
     wildcard_constraints:
         exp="|".join(config["experiments"]) or "no-experiments",
     conda:
