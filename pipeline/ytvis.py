@@ -14,18 +14,20 @@ nothing but YtvisError comes out).
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import math
 import os
 import posixpath
 import unicodedata
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import cv2
 import numpy as np
+import orjson
 from pycocotools import mask as mask_utils
 from tqdm import tqdm
 
@@ -97,12 +99,16 @@ class Track:
 @dataclass(frozen=True)
 class YtvisDataset:
     """A validated YouTube-VIS annotation file. Videos and tracks are sorted by id; `tracks_of_video` maps every
-    video id (tracks or not) to its tracks. `info`/`licenses` are carried through to written subsets."""
+    video id (tracks or not) to its tracks. `info`/`licenses` are carried through to written subsets. Read from
+    the split's manifest (pipeline.manifest), it holds no masks: segmentations are all None, `has_masks` says
+    whether train.json has them, and `annotation_file` is the manifest."""
     root: Path
     annotation_file: Path
     videos: tuple[Video, ...]
     tracks: tuple[Track, ...]
     categories: tuple[Category, ...]
+    has_masks: bool  # whether the annotations carry masks; False for a boxes-only dataset (box AP only)
+    sha256: str  # of the annotation file's bytes (read from a manifest: of the train.json it came from)
     info: Any
     licenses: Any
 
@@ -119,10 +125,14 @@ class YtvisDataset:
             out[track.video_id].append(track)
         return out
 
-    @functools.cached_property
-    def has_masks(self) -> bool:
-        """Whether the tracks carry masks; False for a boxes-only dataset (box supervision, box AP only)."""
-        return any(seg is not None for track in self.tracks for seg in track.segmentations)
+    def subset(self, video_ids: Iterable[int]) -> YtvisDataset:
+        """The same dataset restricted to the videos `video_ids` (all of them known) and their tracks."""
+        keep = set(video_ids)
+        unknown = keep - self.video_by_id.keys()
+        if unknown:
+            raise KeyError(f"{self.annotation_file}: video ids {sorted(unknown)[:10]} are not in the dataset")
+        return replace(self, videos=tuple(v for v in self.videos if v.id in keep),
+                       tracks=tuple(t for t in self.tracks if t.video_id in keep))
 
     def frame_path(self, video: Video, frame_index: int) -> Path:
         """Absolute path of frame `frame_index` of `video`."""
@@ -361,9 +371,10 @@ def _track(raw: Any, file: Path, index: int, videos: Mapping[int, Video], catego
     return Track(aid, vid, cid, iscrowd, tuple(segs), tuple(boxes), tuple(areas))
 
 
-def _has_masks(annotations: list) -> bool:
-    """Whether any annotation has a non-null segmentation (else the dataset is boxes-only)."""
-    return any(isinstance(raw, Mapping) and isinstance(raw.get("segmentations"), list)
+def _has_masks(annotations: Any) -> bool:
+    """Whether `annotations` is a list in which some annotation has a non-null segmentation (else the dataset is
+    boxes-only)."""
+    return isinstance(annotations, list) and any(isinstance(raw, Mapping) and isinstance(raw.get("segmentations"), list)
                and any(seg is not None for seg in raw["segmentations"]) for raw in annotations)
 
 
@@ -376,10 +387,11 @@ def _unique(ids: Iterable[int], file: Path, what: str) -> None:
         seen.add(i)
 
 
-def _check_frame_files(root: Path, file: Path, videos: Iterable[Video], progress: bool) -> None:
-    """Every listed frame exists (one os.scandir per frame folder, not one stat per frame) and is a JPEG of the
-    video's size by its header (`frame_size`: a JPEG's SOF segment or a PNG's IHDR, nothing decoded)."""
-    frames_dir = root / FRAMES_DIR
+def check_frame_files(dataset: YtvisDataset, progress: bool = False) -> None:
+    """Every frame of `dataset` exists (one os.scandir per frame folder, not one stat per frame) and is a JPEG of
+    the video's size by its header (`frame_size`: a JPEG's SOF segment or a PNG's IHDR, nothing decoded)."""
+    file, videos = dataset.annotation_file, dataset.videos
+    frames_dir = dataset.root / FRAMES_DIR
     if not frames_dir.is_dir():
         raise YtvisError(file, "dataset", "file_names", f"frames folder {frames_dir} does not exist")
     listing: dict[str, set[str] | None] = {}
@@ -406,23 +418,35 @@ def _check_frame_files(root: Path, file: Path, videos: Iterable[Video], progress
                                  f"the video's width x height is {video.width}x{video.height}")
 
 
-def load_ytvis(root: str | os.PathLike, annotation_file: str | os.PathLike = "train.json",
-               check_files: bool = True, progress: bool = False) -> YtvisDataset:
-    """Load and validate `<root>/<annotation_file>` (an absolute annotation_file is used as is). With
-    check_files, every frame must exist under `<root>/JPEGImages`. Raises YtvisError on any malformed input."""
-    root = Path(root)
-    file = root / annotation_file
+def read_json(file: Path) -> tuple[Any, str]:
+    """The parsed json of `file` and the sha256 of its bytes. Parsed by orjson, and on a parse error by the
+    stdlib parser, which reads NaN, Infinity, 1e400 and huge integers (the field checks then name the field)
+    or fails with its own message. Raises YtvisError naming the file."""
     try:
         with open(file, "rb") as f:
-            raw = json.load(f)
+            data = f.read()
     except FileNotFoundError:
         raise YtvisError(file, "dataset", "-", "annotation file does not exist") from None
     except OSError as e:
         raise YtvisError(file, "dataset", "-", f"cannot read the annotation file ({e})") from None
+    sha256 = hashlib.sha256(data).hexdigest()
+    try:
+        return orjson.loads(data), sha256
+    except orjson.JSONDecodeError:
+        pass
+    try:
+        return json.loads(data), sha256
     except RecursionError:
         raise YtvisError(file, "dataset", "-", "not valid JSON: nested deeper than the parser allows") from None
     except ValueError as e:  # JSONDecodeError, UnicodeDecodeError, integers of 4300+ digits
         raise YtvisError(file, "dataset", "-", f"not valid JSON ({e})") from None
+
+
+def validate_ytvis(raw: Any, root: Path, file: Path, sha256: str, masks: bool,
+                   progress: bool = False) -> YtvisDataset:
+    """The YtvisDataset of parsed json `raw` (read from `file`, whose bytes have digest `sha256`; frames under
+    `root`), every field checked; with `masks` False the tracks are read as boxes-only (segmentations absent or
+    ignored). Raises YtvisError."""
     if not isinstance(raw, dict):
         raise YtvisError(file, "dataset", "-", f"expected a JSON object, got {type(raw).__name__}")
     lists = {}
@@ -438,18 +462,29 @@ def load_ytvis(root: str | os.PathLike, annotation_file: str | os.PathLike = "tr
     _unique((v.id for v in videos), file, "video")
     video_by_id = {v.id: v for v in videos}
     category_ids = {c.id for c in categories}
-    masks = _has_masks(lists["annotations"])
     tracks = [_track(a, file, i, video_by_id, category_ids, masks)
               for i, a in enumerate(tqdm(lists["annotations"], desc="annotations", unit="track",
                                          disable=not progress))]
     _unique((t.id for t in tracks), file, "annotation")
-    if check_files:
-        _check_frame_files(root, file, videos, progress)
     return YtvisDataset(root=root, annotation_file=file,
                         videos=tuple(sorted(videos, key=lambda v: v.id)),
                         tracks=tuple(sorted(tracks, key=lambda t: t.id)),
-                        categories=tuple(sorted(categories, key=lambda c: c.id)),
-                        info=raw.get("info"), licenses=raw.get("licenses"))
+                        categories=tuple(sorted(categories, key=lambda c: c.id)), has_masks=masks,
+                        sha256=sha256, info=raw.get("info"), licenses=raw.get("licenses"))
+
+
+def load_ytvis(root: str | os.PathLike, annotation_file: str | os.PathLike = "train.json",
+               check_files: bool = True, progress: bool = False) -> YtvisDataset:
+    """Load and validate `<root>/<annotation_file>` (an absolute annotation_file is used as is). With
+    check_files, every frame must exist under `<root>/JPEGImages`. Raises YtvisError on any malformed input."""
+    root = Path(root)
+    file = root / annotation_file
+    raw, sha256 = read_json(file)
+    masks = isinstance(raw, dict) and _has_masks(raw.get("annotations"))
+    dataset = validate_ytvis(raw, root, file, sha256, masks, progress)
+    if check_files:
+        check_frame_files(dataset, progress)
+    return dataset
 
 
 # ---------------------------------------------------------------------------------------------------------

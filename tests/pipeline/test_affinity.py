@@ -14,6 +14,7 @@ from pipeline import affinity as aff
 from pipeline.io import params_from_json
 
 from damage import damage_chunk, damage_frame, leftovers, set_store_attribute
+from manifests import write_test_manifest
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -308,7 +309,7 @@ def test_cli_writes_shard_store(make_ytvis, tmp_path):
     (tmp_path / "affinity" / ".shard_1.zarr.killed.tmp").mkdir(parents=True)  # left by a killed run
     (out / "stale").mkdir(parents=True)                              # an older store: replaced whole
     section = {"theta_color": 2.0, "tau_color": 0.3, "theta_flow": 0.5, "tau_flow": 0.6, "bottom_rows": 10}
-    aff.main(["--root", str(root), "--annotations", str(root / "train.json"), "--shard", "1",
+    aff.main(["--root", str(root), "--manifest", str(write_test_manifest(root)), "--shard", "1",
               "--flow", str(flow_store), "--params", json.dumps(section), "--out", str(out),
               "--log-json", str(tmp_path / "log.json")])
     store = zarr.open_group(str(out), mode="r")
@@ -343,7 +344,7 @@ def test_cli_rejects_flow_store_of_another_shard(make_ytvis, tmp_path):
     out = tmp_path / "affinity" / "shard_1.zarr"
     section = {"theta_color": 2.0, "tau_color": 0.3, "theta_flow": 0.5, "tau_flow": 0.6, "bottom_rows": 10}
     with pytest.raises(ValueError, match="rerun rule flow for this shard"):
-        aff.main(["--root", str(root), "--annotations", str(root / "train.json"), "--shard", "1",
+        aff.main(["--root", str(root), "--manifest", str(write_test_manifest(root)), "--shard", "1",
                   "--flow", str(flow_store), "--params", json.dumps(section), "--out", str(out)])
     assert not out.exists()
 
@@ -370,7 +371,7 @@ def test_bad_input_fails_the_job_naming_it_and_leaves_nothing(make_ytvis, tmp_pa
     out = tmp_path / "affinity" / "shard_1.zarr"
     section = {"theta_color": 2.0, "tau_color": 0.3, "theta_flow": 0.5, "tau_flow": 0.6, "bottom_rows": 10}
     with pytest.raises(ValueError) as err:
-        aff.main(["--root", str(root), "--annotations", str(root / "train.json"), "--shard", "1",
+        aff.main(["--root", str(root), "--manifest", str(write_test_manifest(root)), "--shard", "1",
                   "--flow", str(flow_store), "--params", json.dumps(section), "--out", str(out),
                   "--log-json", str(tmp_path / "affinity" / "shard_1.json")])
     assert expected in str(err.value)
@@ -383,7 +384,7 @@ def test_stage_store_is_accepted_by_its_reader_and_other_stores_are_not(make_ytv
     flow_store = tmp_path / "flow" / "shard_1.zarr"
     flow_attrs = write_flow_store(flow_store, root, shard=1, shard_size=4)
     out = tmp_path / "affinity" / "shard_1.zarr"
-    aff.run_shard(root, Path("train.json"), 1, flow_store, aff.AffinityParams(2.0, 0.3, 0.5, 0.6, 10), out)
+    aff.run_shard(root, write_test_manifest(root), 1, flow_store, aff.AffinityParams(2.0, 0.3, 0.5, 0.6, 10), out)
     assert aff.open_affinity_store(out, 1, flow_attrs).attrs["videos"] == [129, 136]
     with pytest.raises(aff.AffinityStoreMismatch, match=f"{out}: store of shard 1, expected shard 0"):
         aff.open_affinity_store(out, 0, flow_attrs)
