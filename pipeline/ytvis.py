@@ -56,9 +56,18 @@ class YtvisError(ValueError):
 @dataclass(frozen=True, slots=True)
 class Rle:
     """A run-length-encoded mask of a (height, width) frame, column-major as in pycocotools.
-    counts: compressed (str) or uncompressed (list of run lengths, starting with a background run)."""
+    counts: compressed (str) or uncompressed run lengths, starting with a background run: int64 (N,) numpy
+    array when read from a file (`read_json` parses them with numpy), a list when built in code."""
     size: tuple[int, int]
-    counts: str | list[int]
+    counts: str | list[int] | np.ndarray
+
+    def __eq__(self, other: object) -> bool:
+        """Same size and the same counts, uncompressed ones compared by value (list or array)."""
+        if not isinstance(other, Rle) or self.size != other.size:
+            return False
+        if isinstance(self.counts, str) or isinstance(other.counts, str):
+            return self.counts == other.counts
+        return np.array_equal(self.counts, other.counts)
 
 
 @dataclass(frozen=True, slots=True)
@@ -236,6 +245,11 @@ def _rle(seg: Any, height: int, width: int, file: Path, item: str, key: str) -> 
             foreign = b"?"
         if not counts or foreign or counts[-1] > _RLE_LAST_MAX:
             raise YtvisError(file, item, key, "compressed RLE counts are not a valid pycocotools string")
+        return Rle((height, width), counts)
+    if type(counts) is np.ndarray:  # digits only (`_lift_count_lists`): non-negative, maybe saturated int64
+        if counts.size and counts.max() > height * width or int(counts.sum()) != height * width:
+            raise YtvisError(file, item, key, f"uncompressed RLE counts sum to {int(counts.sum())}, expected "
+                                              f"height*width = {height * width}")
         return Rle((height, width), counts)
     if type(counts) is list:
         if not set(map(type, counts)) <= {int} or (counts and min(counts) < 0):  # bool is not int here
@@ -418,6 +432,59 @@ def check_frame_files(dataset: YtvisDataset, progress: bool = False) -> None:
                                  f"the video's width x height is {video.width}x{video.height}")
 
 
+_COUNTS_KEY = b'"counts"'
+_COUNT_CHARS = b"0123456789, "
+_LIFTED = "\x00lifted "  # a placeholder no valid RLE string holds (NUL is outside the pycocotools alphabet)
+
+
+def _lift_count_lists(data: bytes) -> tuple[bytes, list[np.ndarray]]:
+    """`data` with every `"counts": [n, n, ...]` list of plain decimal integers replaced by a placeholder string
+    "\\u0000lifted k", and the lists parsed by numpy (int64 (N_k,), in order k). Building 100 M Python ints is
+    most of a full parse of uncompressed RLE; numpy parses the digits in C. Lists holding anything else
+    (signs, floats, true, nesting, empty items) stay in the text for the json parser and the field checks."""
+    pieces: list[bytes] = []
+    lifted: list[np.ndarray] = []
+    done = 0
+    at = data.find(_COUNTS_KEY)
+    while at >= 0:
+        start = at + len(_COUNTS_KEY)
+        head = data[start:start + 8].lstrip()
+        if head[:1] == b":" and head[1:].lstrip()[:1] == b"[":
+            start = data.index(b"[", start)
+            end = data.find(b"]", start)
+            body = data[start + 1:end] if end > start + 1 else b""
+            if body and not body.translate(None, _COUNT_CHARS):
+                try:  # an item of several numbers ("1 2") or none (",,") stops numpy before the end
+                    counts = np.fromstring(body, dtype=np.int64, sep=",")
+                except ValueError:
+                    counts = None
+                if counts is not None and counts.size == body.count(b",") + 1:
+                    pieces += [data[done:start], b'"\\u0000lifted %d"' % len(lifted)]
+                    lifted.append(counts)
+                    done = end + 1
+        at = data.find(_COUNTS_KEY, max(done, at + 1))
+    pieces.append(data[done:])
+    return b"".join(pieces), lifted
+
+
+def _put_back_counts(raw: Any, lifted: list[np.ndarray]) -> bool:
+    """Put the lifted count lists back where their placeholders are (annotations[*].segmentations[*].counts);
+    False unless every placeholder was found there exactly once (a '"counts"' elsewhere in the text)."""
+    used = 0
+    annotations = raw.get("annotations") if isinstance(raw, dict) else None
+    for ann in annotations if isinstance(annotations, list) else ():
+        segs = ann.get("segmentations") if isinstance(ann, dict) else None
+        for seg in segs if isinstance(segs, list) else ():
+            counts = seg.get("counts") if isinstance(seg, dict) else None
+            if type(counts) is str and counts.startswith(_LIFTED):
+                k = int(counts[len(_LIFTED):])
+                if k != used:
+                    return False
+                seg["counts"] = lifted[k]
+                used += 1
+    return used == len(lifted)
+
+
 def read_json(file: Path) -> tuple[Any, str]:
     """The parsed json of `file` and the sha256 of its bytes. Parsed by orjson, and on a parse error by the
     stdlib parser, which reads NaN, Infinity, 1e400 and huge integers (the field checks then name the field)
@@ -431,6 +498,10 @@ def read_json(file: Path) -> tuple[Any, str]:
         raise YtvisError(file, "dataset", "-", f"cannot read the annotation file ({e})") from None
     sha256 = hashlib.sha256(data).hexdigest()
     try:
+        text, lifted = _lift_count_lists(data)
+        raw = orjson.loads(text)
+        if _put_back_counts(raw, lifted):
+            return raw, sha256
         return orjson.loads(data), sha256
     except orjson.JSONDecodeError:
         pass
@@ -492,7 +563,9 @@ def load_ytvis(root: str | os.PathLike, annotation_file: str | os.PathLike = "tr
 
 def _rle_json(rle: Rle | None) -> dict | None:
     """An Rle back to its json form."""
-    return None if rle is None else {"size": list(rle.size), "counts": rle.counts}
+    if rle is None:
+        return None
+    return {"size": list(rle.size), "counts": rle.counts.tolist() if isinstance(rle.counts, np.ndarray) else rle.counts}
 
 
 def compressed_counts(rles: list[Rle]) -> list[str]:

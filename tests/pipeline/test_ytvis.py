@@ -294,7 +294,7 @@ def test_writer_round_trips_a_subset(make_ytvis, tmp_path):
             if s_before is not None:
                 assert isinstance(s_after.counts, str)
                 mask = mask_utils.decode({"size": list(s_after.size), "counts": s_after.counts.encode()})
-                if isinstance(s_before.counts, list):
+                if isinstance(s_before.counts, np.ndarray):
                     flat = np.repeat(np.arange(len(s_before.counts)) % 2, s_before.counts)
                     assert np.array_equal(mask, flat.reshape(32, 24).T)
                 else:
