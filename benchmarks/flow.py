@@ -49,7 +49,7 @@ import torch  # noqa: E402
 
 import zarr  # noqa: E402
 
-from pipeline.flow import (ZSTD_LEVEL, DisEstimator, GmaEstimator, encode_video, store_attributes,  # noqa: E402
+from pipeline.flow import (ZSTD_LEVEL, DisEstimator, GmaEstimator, store_attributes,  # noqa: E402
                            store_video, write_shard)
 from pipeline.flow_codec import _colors, _hue_index, flow_scale  # noqa: E402
 from pipeline.flow import FlowParams, GmaParams, DisParams, RaftParams  # noqa: E402

@@ -42,7 +42,9 @@ from model.data import FrameDataset, IterationBatchSampler, collate  # noqa: E40
 from pipeline.affinity import AffinityParams, run_shard  # noqa: E402
 from pipeline.flow import FlowParams, encode_video, store_attributes, write_video  # noqa: E402
 from pipeline.index import main as index_main  # noqa: E402
+from pipeline.manifest import write_manifest  # noqa: E402
 from pipeline.synthetic import SyntheticParams, video_name, write_dataset  # noqa: E402
+from pipeline.ytvis import load_ytvis  # noqa: E402
 
 AFFINITY = AffinityParams(theta_color=2.0, tau_color=0.3, theta_flow=0.5, tau_flow=0.6, bottom_rows=10)
 
@@ -53,6 +55,8 @@ def make_inputs(out: Path, videos: int, frames: int, height: int, width: int, sh
     train = write_dataset(SyntheticParams(videos=videos, frames=frames, height=height, width=width, classes=4,
                                           max_objects=3, camouflage_prob=0.85, seed=0), root)
     ordered = sorted(train["videos"], key=lambda v: v["id"])
+    manifest = out / "manifest.json"
+    write_manifest(manifest, load_ytvis(root))
     section = yaml.safe_load((Path(__file__).resolve().parents[1] / "config.yaml").read_text())["flow"]
     flow_params = FlowParams.from_json(json.dumps(section | {"estimator": "dis", "shard_size": shard_size}),
                                        "config.yaml flow section")
@@ -65,10 +69,10 @@ def make_inputs(out: Path, videos: int, frames: int, height: int, width: int, sh
             gt = np.load(root / "flow_gt" / f"{video_name(vid)}.npy")  # (T-1, H, W, 2)
             write_video(group, vid, encode_video(np.concatenate([gt, -gt[-1:]])))
         group.attrs.update(store_attributes(flow_params, videos, None))  # ground truth, in a DIS store's layout
-        run_shard(root, Path("train.json"), shard, flow_store, AFFINITY, out / "affinity" / f"shard_{shard}.zarr")
+        run_shard(root, manifest, shard, flow_store, AFFINITY, out / "affinity" / f"shard_{shard}.zarr")
     index = out / "index" / "train_train.h5"
-    index_main(["--root", str(root), "--split", str(root / "train.json"), "--shard-size", str(shard_size),
-                "--out", str(index)])
+    index_main(["--root", str(root), "--manifest", str(manifest), "--split", str(root / "train.json"),
+                "--shard-size", str(shard_size), "--out", str(index)])
     return {"index": index, "frames": root / "JPEGImages", "flow": out / "flow", "affinity": out / "affinity"}
 
 

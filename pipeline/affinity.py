@@ -16,7 +16,7 @@ Colour: the pooled RGB is truncated to uint8 (AdelaiDet's `.byte()`) and convert
 pooled RGB-encoded flow is scaled to [0, 1]. M = [exp(−‖x_i − x_k‖₂ / θ) ≥ τ] per modality.
 
 CLI (rule `affinity`), one shard of videos -> one Zarr v3 store (docs/design.md, "Stores"):
-  python -m pipeline.affinity --root R --annotations train.json --shard K --flow results/flow/shard_K.zarr
+  python -m pipeline.affinity --root R --manifest results/manifest.json --shard K --flow results/flow/shard_K.zarr
     --params JSON --out results/affinity/shard_K.zarr --log-json logs/affinity/shard_K.json [--threads N]
 """
 
@@ -43,7 +43,8 @@ from pipeline.identity import DIGEST_ATTR, store_digest
 from pipeline.io import atomic_dir, params_from_json, setup_logging, write_json_atomic
 from pipeline.shards import videos_of_shard
 from pipeline.stores import stored_frame
-from pipeline.ytvis import Video, YtvisDataset, load_ytvis, read_frame
+from pipeline.manifest import load_manifest
+from pipeline.ytvis import Video, YtvisDataset, read_frame
 
 GRID_STRIDE = 4
 
@@ -434,14 +435,14 @@ def write_video(group: zarr.Group, video_id: int, color: np.ndarray, flow: np.nd
         array[...] = data
 
 
-def run_shard(root: Path, annotations: Path, shard: int, flow_store: Path, params: AffinityParams,
+def run_shard(root: Path, manifest: Path, shard: int, flow_store: Path, params: AffinityParams,
               out: Path, threads: int = 1) -> dict:
     """Compute and write the affinity store of one shard (atomically), its content digest among the attributes
     (pipeline.identity.DIGEST_ATTR), frames computed on `threads` threads; returns the summary for the JSON log."""
     if threads < 1:
         raise ValueError(f"affinity: --threads must be ≥ 1, got {threads}")
     started = time.perf_counter()
-    dataset = load_ytvis(root, annotations, check_files=False)
+    dataset = load_manifest(manifest, root)
     flow_group, flow_attrs, videos = open_shard_flow(flow_store, dataset, shard)
     attributes = {"params": dataclasses.asdict(params), "flow_store": flow_attrs, "shard": shard,
                   "videos": [v.id for v in videos], "grid_stride": GRID_STRIDE,
@@ -472,8 +473,8 @@ def main(argv: list[str] | None = None) -> None:
     """CLI: the affinity store of one shard (rule `affinity`)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", required=True, type=Path, help="dataset folder (train.json + JPEGImages/)")
-    parser.add_argument("--annotations", required=True, type=Path,
-                        help="the dataset's YouTube-VIS json (relative to --root, or absolute)")
+    parser.add_argument("--manifest", required=True, type=Path,
+                        help="the dataset's manifest (rule manifest: results/manifest.json)")
     parser.add_argument("--shard", required=True, type=int, help="shard index k")
     parser.add_argument("--flow", required=True, type=Path, help="results/flow/shard_k.zarr")
     parser.add_argument("--params", required=True, help="the `affinity` config section as JSON")
@@ -483,7 +484,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     log = setup_logging()
     params = params_from_json(AffinityParams, args.params, "affinity (--params)")
-    summary = run_shard(args.root, args.annotations, args.shard, args.flow, params, args.out, args.threads)
+    summary = run_shard(args.root, args.manifest, args.shard, args.flow, params, args.out, args.threads)
     log.info("affinity shard %d: %s", args.shard, json.dumps(summary))
     if args.log_json:
         write_json_atomic(args.log_json, summary)

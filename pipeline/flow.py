@@ -18,7 +18,7 @@ Group attributes `estimator`, `params` (the flow section), `checkpoint_sha256`, 
 refuses a store made with other settings. The frames of a video are encoded in a pool of the job's
 --threads (`write_shard`), with the same bytes for any thread count.
 
-CLI (rule `flow`): python -m pipeline.flow --root R --annotations train.json --shard K --params JSON
+CLI (rule `flow`): python -m pipeline.flow --root R --manifest results/manifest.json --shard K --params JSON
   --out results/flow/shard_K.zarr --log-json logs/flow/shard_K.json [--num-videos N]
 """
 
@@ -48,7 +48,8 @@ from pipeline.flow_codec import flow_scale, flow_to_rgb
 from pipeline.identity import DIGEST_ATTR, store_digest
 from pipeline.io import atomic_dir, params_from_json, setup_logging, write_json_atomic
 from pipeline.shards import videos_of_shard
-from pipeline.ytvis import FRAMES_DIR, Video, load_ytvis, read_frame
+from pipeline.manifest import load_manifest
+from pipeline.ytvis import FRAMES_DIR, Video, read_frame
 
 EstimatorName = Literal["gma", "raft", "dis", "gt"]
 GmaDtype = Literal["float32", "bfloat16", "float16"]
@@ -610,11 +611,11 @@ def write_shard(out: str | os.PathLike, root: str | os.PathLike, videos: Sequenc
 
 
 def estimator_cli(description: str | None) -> argparse.ArgumentParser:
-    """Arguments shared by the CLIs that run an estimator over a dataset: --root, --annotations, --params (the
+    """Arguments shared by the CLIs that run an estimator over a dataset: --root, --manifest, --params (the
     flow section), --out, and the runtime knobs --batch-size, --device, --threads (not params: no reruns)."""
     ap = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--root", required=True, help="dataset folder holding JPEGImages/")
-    ap.add_argument("--annotations", required=True, help="train.json (relative to --root, or absolute)")
+    ap.add_argument("--manifest", required=True, help="the dataset's manifest (rule manifest)")
     ap.add_argument("--params", required=True, help="the flow config section as JSON")
     ap.add_argument("--out", required=True, help="what to write")
     ap.add_argument("--batch-size", type=int, default=8, help="GMA / RAFT pairs per forward pass")
@@ -643,7 +644,7 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     log = setup_logging()
     params, estimate = estimator_from_args(args)
-    dataset = load_ytvis(args.root, args.annotations, check_files=False)
+    dataset = load_manifest(args.manifest, args.root)
     if args.num_videos is not None and len(dataset.videos) != args.num_videos:
         raise ValueError(f"{dataset.annotation_file} lists {len(dataset.videos)} videos, but the workflow planned "
                          f"its flow shards for {args.num_videos} (the JPEGImages/ folder count or "

@@ -6,7 +6,7 @@ EPE = mean ||F - F_gt||_2 and the share of pixels whose error exceeds 3 px, per 
 
 The `gt` source scores 0 by construction (the oracle of the flow-quality axis, config/flow_axis.yaml).
 
-CLI: python -m pipeline.flow_quality --root R --annotations train.json --gt-root R --params JSON
+CLI: python -m pipeline.flow_quality --root R --manifest results/manifest.json --gt-root R --params JSON
   --out results/flow/quality.json
 """
 
@@ -21,7 +21,8 @@ from tqdm import tqdm
 
 from pipeline.flow import FlowSource, GroundTruthFlow, estimator_cli, estimator_from_args, read_frames
 from pipeline.io import setup_logging, write_json_atomic
-from pipeline.ytvis import Video, load_ytvis
+from pipeline.manifest import load_manifest
+from pipeline.ytvis import Video
 
 OUTLIER_PX = 3.0  # an endpoint error above this counts as an outlier
 
@@ -59,7 +60,7 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     log = setup_logging()
     params, estimate = estimator_from_args(args)
-    dataset = load_ytvis(args.root, args.annotations, check_files=False)
+    dataset = load_manifest(args.manifest, args.root)
     truth = GroundTruthFlow(args.gt_root)
     start = time.perf_counter()
     per_video, all_errors = {}, []

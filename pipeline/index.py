@@ -10,6 +10,7 @@
 - `category_ids` int64 (K,) and `category_names` str (K,): the dataset's categories sorted by id; the
   trainer's contiguous class c is category_ids[c].
 Attributes: `split`, `shard_size` and `content_sha256` (the digest of the datasets, pipeline.identity).
+Shards and categories come from the dataset's manifest (pipeline.manifest), not a parse of train.json.
 Every frame of the split is a row, also frames without any box (they train the classifier's background).
 Boxes of crowd tracks (iscrowd = 1) and empty boxes (w or h ≤ 0) are left out, as detectron2 does.
 """
@@ -25,6 +26,7 @@ import numpy as np
 
 from pipeline.identity import DIGEST_ATTR, h5_digest
 from pipeline.io import atomic_file, setup_logging
+from pipeline.manifest import load_manifest
 from pipeline.ytvis import YtvisDataset, load_ytvis
 
 
@@ -108,6 +110,7 @@ def main(argv: list[str] | None = None) -> None:
     """CLI: index the frames of one split json of the dataset at --root."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", required=True, help="dataset folder (train.json + JPEGImages/)")
+    parser.add_argument("--manifest", required=True, help="the dataset's manifest (results/manifest.json)")
     parser.add_argument("--split", required=True, help="YouTube-VIS json of the split (results/split/...)")
     parser.add_argument("--shard-size", type=int, required=True, help="flow.shard_size")
     parser.add_argument("--out", required=True, help="results/index/{split}.h5")
@@ -115,7 +118,7 @@ def main(argv: list[str] | None = None) -> None:
     log = setup_logging()
     if args.shard_size < 1:
         raise ValueError(f"flow.shard_size must be ≥ 1, got {args.shard_size}")
-    full = load_ytvis(args.root, "train.json", check_files=False, progress=True)
+    full = load_manifest(args.manifest, args.root)
     split = load_ytvis(args.root, os.path.abspath(args.split), check_files=True, progress=True)
     index = build_index(split, [v.id for v in full.videos], args.shard_size,
                         [c.id for c in full.categories], [c.name for c in full.categories])

@@ -17,6 +17,7 @@ from pipeline.shards import num_shards, videos_of_shard
 from pipeline.synthetic import SyntheticParams, video_name, write_dataset
 
 from damage import corrupt_shard_chunk, damage_chunk, damage_frame, drop_shard_chunk, set_store_attribute
+from manifests import write_test_manifest
 
 SHARD_SIZE = 2
 AFFINITY = AffinityParams(theta_color=2.0, tau_color=0.3, theta_flow=0.5, tau_flow=0.6, bottom_rows=4)
@@ -40,7 +41,7 @@ def write_stores(root: Path, flow_dir: Path, affinity_dir: Path, shard_size: int
             flows = np.concatenate([gt, -gt[-1:]]) if len(gt) else np.zeros((lengths[vid], *gt.shape[1:]), np.float32)
             write_video(group, vid, encode_video(flows))
         group.attrs.update(store_attributes(params, videos, None))
-        run_shard(root, Path("train.json"), shard, flow_store, AFFINITY, affinity_dir / f"shard_{shard}.zarr")
+        run_shard(root, write_test_manifest(root), shard, flow_store, AFFINITY, affinity_dir / f"shard_{shard}.zarr")
 
 
 def make_dataset(out: Path, videos: int = 4, frames: int = 3, height: int = 64, width: int = 64) -> dict[str, Path]:
@@ -51,8 +52,8 @@ def make_dataset(out: Path, videos: int = 4, frames: int = 3, height: int = 64, 
     flow_dir, affinity_dir = out / "flow", out / "affinity"
     write_stores(root, flow_dir, affinity_dir, SHARD_SIZE)
     index = out / "index" / "train_train.h5"
-    index_main(["--root", str(root), "--split", str(root / "train.json"), "--shard-size", str(SHARD_SIZE),
-                "--out", str(index)])
+    index_main(["--root", str(root), "--manifest", str(write_test_manifest(root)), "--split", str(root / "train.json"),
+                "--shard-size", str(SHARD_SIZE), "--out", str(index)])
     return {"root": root, "frames": root / "JPEGImages", "flow": flow_dir, "affinity": affinity_dir,
             "index": index}
 

@@ -14,6 +14,7 @@ from pipeline import affinity as aff
 from pipeline.io import params_from_json
 
 from damage import corrupt_shard_chunk, damage_frame, drop_shard_chunk, leftovers, set_store_attribute
+from manifests import write_test_manifest
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -383,7 +384,7 @@ def test_cli_writes_shard_store(make_ytvis, tmp_path):
     (tmp_path / "affinity" / ".shard_1.zarr.killed.tmp").mkdir(parents=True)  # left by a killed run
     (out / "stale").mkdir(parents=True)                              # an older store: replaced whole
     section = {"theta_color": 2.0, "tau_color": 0.3, "theta_flow": 0.5, "tau_flow": 0.6, "bottom_rows": 10}
-    aff.main(["--root", str(root), "--annotations", str(root / "train.json"), "--shard", "1",
+    aff.main(["--root", str(root), "--manifest", str(write_test_manifest(root)), "--shard", "1",
               "--flow", str(flow_store), "--params", json.dumps(section), "--out", str(out),
               "--log-json", str(tmp_path / "log.json")])
     store = zarr.open_group(str(out), mode="r")
@@ -416,17 +417,17 @@ def test_pooled_job_writes_byte_identical_store(make_ytvis, tmp_path):
     flow_store = tmp_path / "flow" / "shard_0.zarr"
     write_flow_store(flow_store, root, shard=0, shard_size=4)
     section = {"theta_color": 2.0, "tau_color": 0.3, "theta_flow": 0.5, "tau_flow": 0.6, "bottom_rows": 10}
-    stores = {}
+    stores, manifest = {}, write_test_manifest(root)
     for threads in (1, 3):
         out = tmp_path / f"threads_{threads}" / "shard_0.zarr"
-        aff.main(["--root", str(root), "--annotations", str(root / "train.json"), "--shard", "0",
+        aff.main(["--root", str(root), "--manifest", str(manifest), "--shard", "0",
                   "--flow", str(flow_store), "--params", json.dumps(section), "--out", str(out),
                   "--threads", str(threads), "--log-json", str(out.parent / "log.json")])
         stores[threads] = {p.relative_to(out): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
         assert json.loads((out.parent / "log.json").read_text())["threads"] == threads
     assert len(stores[1]) > 8 and stores[1] == stores[3]
     with pytest.raises(ValueError, match="--threads must be ≥ 1"):
-        aff.run_shard(root, root / "train.json", 0, flow_store, aff.AffinityParams(**section), tmp_path / "x", 0)
+        aff.run_shard(root, manifest, 0, flow_store, aff.AffinityParams(**section), tmp_path / "x", 0)
 
 
 def test_cli_rejects_flow_store_of_another_shard(make_ytvis, tmp_path):
@@ -436,7 +437,7 @@ def test_cli_rejects_flow_store_of_another_shard(make_ytvis, tmp_path):
     out = tmp_path / "affinity" / "shard_1.zarr"
     section = {"theta_color": 2.0, "tau_color": 0.3, "theta_flow": 0.5, "tau_flow": 0.6, "bottom_rows": 10}
     with pytest.raises(ValueError, match="rerun rule flow for this shard"):
-        aff.main(["--root", str(root), "--annotations", str(root / "train.json"), "--shard", "1",
+        aff.main(["--root", str(root), "--manifest", str(write_test_manifest(root)), "--shard", "1",
                   "--flow", str(flow_store), "--params", json.dumps(section), "--out", str(out)])
     assert not out.exists()
 
@@ -463,7 +464,7 @@ def test_bad_input_fails_the_job_naming_it_and_leaves_nothing(make_ytvis, tmp_pa
     out = tmp_path / "affinity" / "shard_1.zarr"
     section = {"theta_color": 2.0, "tau_color": 0.3, "theta_flow": 0.5, "tau_flow": 0.6, "bottom_rows": 10}
     with pytest.raises(ValueError) as err:
-        aff.main(["--root", str(root), "--annotations", str(root / "train.json"), "--shard", "1",
+        aff.main(["--root", str(root), "--manifest", str(write_test_manifest(root)), "--shard", "1",
                   "--flow", str(flow_store), "--params", json.dumps(section), "--out", str(out),
                   "--log-json", str(tmp_path / "affinity" / "shard_1.json")])
     assert expected in str(err.value)
@@ -476,7 +477,7 @@ def test_stage_store_is_accepted_by_its_reader_and_other_stores_are_not(make_ytv
     flow_store = tmp_path / "flow" / "shard_1.zarr"
     flow_attrs = write_flow_store(flow_store, root, shard=1, shard_size=4)
     out = tmp_path / "affinity" / "shard_1.zarr"
-    aff.run_shard(root, Path("train.json"), 1, flow_store, aff.AffinityParams(2.0, 0.3, 0.5, 0.6, 10), out)
+    aff.run_shard(root, write_test_manifest(root), 1, flow_store, aff.AffinityParams(2.0, 0.3, 0.5, 0.6, 10), out)
     assert aff.open_affinity_store(out, 1, flow_attrs).attrs["videos"] == [129, 136]
     with pytest.raises(aff.AffinityStoreMismatch, match=f"{out}: store of shard 1, expected shard 0"):
         aff.open_affinity_store(out, 0, flow_attrs)

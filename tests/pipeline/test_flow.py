@@ -26,6 +26,7 @@ from pipeline.stores import CorruptStore, stored_frame
 from pipeline.ytvis import load_ytvis
 
 from damage import damage_frame, leftovers, read_one_shard
+from manifests import write_test_manifest
 
 REPO = Path(__file__).resolve().parents[2]
 SECTION = {"estimator": "dis", "shard_size": 2,
@@ -83,8 +84,9 @@ def make_dataset(root: Path, lengths: list[int], height: int = 48, width: int = 
 
 
 def run_cli(root: Path, out: Path, shard: int, section: dict, **extra: str) -> None:
-    """Run pipeline.flow.main in-process on shard `shard`."""
-    argv = ["--root", str(root), "--annotations", "train.json", "--shard", str(shard), "--params",
+    """Run pipeline.flow.main in-process on shard `shard`, reading the manifest of root/train.json."""
+    manifest = write_test_manifest(root)
+    argv = ["--root", str(root), "--manifest", str(manifest), "--shard", str(shard), "--params",
             json.dumps(section), "--out", str(out), "--log-json", str(out.parent / f"shard_{shard}.json")]
     for key, value in extra.items():
         argv += [f"--{key.replace('_', '-')}", value]
@@ -306,11 +308,12 @@ def test_failed_job_leaves_nothing_and_stale_temps_are_removed(tmp_path):
 def test_sigkill_and_rerun_is_byte_identical(tmp_path):
     root = tmp_path / "data"
     make_dataset(root, lengths=[6] * 8, height=96, width=128)
+    manifest = write_test_manifest(root)
     section = {**SECTION, "shard_size": 8}
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
 
     def command(out: Path) -> list[str]:
-        return [sys.executable, "-m", "pipeline.flow", "--root", str(root), "--annotations", "train.json",
+        return [sys.executable, "-m", "pipeline.flow", "--root", str(root), "--manifest", str(manifest),
                 "--shard", "0", "--params", json.dumps(section), "--out", str(out), "--log-json",
                 str(out.with_suffix(".json")), "--threads", "1"]
 
@@ -359,7 +362,7 @@ def test_flow_quality_on_known_translations(tmp_path):
         truth[..., 0], truth[..., 1] = du, dv
         np.save(root / "flow_gt" / f"v{vid}.npy", truth)
     out = tmp_path / "quality.json"
-    flow_quality.main(["--root", str(root), "--annotations", "train.json", "--gt-root", str(root),
+    flow_quality.main(["--root", str(root), "--manifest", str(write_test_manifest(root)), "--gt-root", str(root),
                        "--params", json.dumps(SECTION), "--out", str(out)])
     report = json.loads(out.read_text())
     assert set(report["videos"]) == {"10", "13"} and report["estimator"] == "dis"
@@ -482,7 +485,7 @@ def test_flow_quality_of_gt_is_zero(tmp_path):
     write_dataset(SyntheticParams(videos=2, frames=2, height=32, width=32, classes=1, max_objects=1,
                                   camouflage_prob=0.5, seed=0), root)
     out = tmp_path / "quality.json"
-    flow_quality.main(["--root", str(root), "--annotations", "train.json", "--gt-root", str(root),
+    flow_quality.main(["--root", str(root), "--manifest", str(write_test_manifest(root)), "--gt-root", str(root),
                        "--params", json.dumps({**SECTION, "estimator": "gt"}), "--out", str(out)])
     report = json.loads(out.read_text())
     assert report["estimator"] == "gt" and report["overall"] == {"epe": 0.0, "outliers_3px": 0.0, "pixels": 2 * 32 * 32}

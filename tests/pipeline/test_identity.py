@@ -17,6 +17,8 @@ from pipeline.identity import (DIGEST_ATTR, STORE_METADATA, digest_parts, h5_dig
                                input_identity, store_digest, store_identity)
 from pipeline.synthetic import SyntheticParams, write_dataset
 
+from manifests import write_test_manifest
+
 FLOW = {"estimator": "dis", "shard_size": 2, "gma": {"checkpoint": "absent.pth", "iters": 1, "dtype": "float32"},
         "raft": {"model": "small", "weights": "C_T_V2", "iters": 2},
         "dis": {"preset": "ultrafast"}}
@@ -25,14 +27,15 @@ AFFINITY = {"theta_color": 2.0, "tau_color": 0.3, "theta_flow": 0.5, "tau_flow":
 
 def run_jobs(root: Path, out: Path, shards: int = 2) -> Path:
     """The flow and affinity jobs of every shard and the frame index job, as the rules run them, into `out`."""
+    manifest = str(write_test_manifest(root))
     for k in range(shards):
-        flow.main(["--root", str(root), "--annotations", "train.json", "--shard", str(k), "--params",
+        flow.main(["--root", str(root), "--manifest", manifest, "--shard", str(k), "--params",
                    json.dumps(FLOW), "--out", str(out / f"flow/shard_{k}.zarr"), "--log-json", str(out / "f.json")])
-        affinity.main(["--root", str(root), "--annotations", "train.json", "--shard", str(k), "--flow",
+        affinity.main(["--root", str(root), "--manifest", manifest, "--shard", str(k), "--flow",
                        str(out / f"flow/shard_{k}.zarr"), "--params", json.dumps(AFFINITY), "--out",
                        str(out / f"affinity/shard_{k}.zarr")])
-    index.main(["--root", str(root), "--split", str(root / "train.json"), "--shard-size", str(FLOW["shard_size"]),
-                "--out", str(out / "index.h5")])
+    index.main(["--root", str(root), "--manifest", manifest, "--split", str(root / "train.json"),
+                "--shard-size", str(FLOW["shard_size"]), "--out", str(out / "index.h5")])
     return out
 
 

@@ -12,6 +12,8 @@ import pytest
 
 from pipeline.index import main
 
+from manifests import write_test_manifest
+
 
 def _write(root: Path, videos: list[dict], annotations: list[dict], split_ids: list[int]) -> Path:
     """A dataset folder (black 8×12 frames) and a split json holding the videos `split_ids`."""
@@ -53,7 +55,8 @@ def test_index_rows_boxes_and_shards(tmp_path: Path) -> None:
     ]
     split = _write(tmp_path, videos, annotations, [9, 4])
     out = tmp_path / "index" / "x.h5"
-    main(["--root", str(tmp_path), "--split", str(split), "--shard-size", "2", "--out", str(out)])
+    main(["--root", str(tmp_path), "--manifest", str(write_test_manifest(tmp_path)), "--split", str(split),
+          "--shard-size", "2", "--out", str(out)])
     with h5py.File(out) as f:
         assert f["video_id"][:].tolist() == [4, 4, 9, 9, 9]  # videos by id, frames in order
         assert f["frame_index"][:].tolist() == [0, 1, 0, 1, 2]
@@ -77,5 +80,6 @@ def test_split_video_missing_from_dataset_is_named(tmp_path: Path) -> None:
     full["videos"] = full["videos"][:1]
     (tmp_path / "train.json").write_text(json.dumps(full))
     with pytest.raises(ValueError, match="video 2"):
-        main(["--root", str(tmp_path), "--split", str(split), "--shard-size", "2", "--out", str(tmp_path / "i.h5")])
+        main(["--root", str(tmp_path), "--manifest", str(write_test_manifest(tmp_path)), "--split", str(split),
+              "--shard-size", "2", "--out", str(tmp_path / "i.h5")])
     assert not (tmp_path / "i.h5").exists()

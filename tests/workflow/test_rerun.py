@@ -50,7 +50,8 @@ def train_log(workdir: Path, exp: str) -> str:
 def test_config_edits_rerun_exactly_the_downstream_stages(tmp_path: Path) -> None:
     """On one tiny full run. Plans: no edit nothing; train.lr train, evaluate, tables and the figures made from
     trained models; affinity.tau_flow affinity and those, not flow; evaluate.coco_backend evaluate and what
-    reads its files, no training, no inference figure. Runs: tau_flow reruns those, and every
+    reads its files, no training, no inference figure; split.seed the split and frame index, not the
+    manifest, flow or affinity. Runs: tau_flow reruns those, and every
     experiment trains from step 0 in a new trajectory (the motion model, which reads the flow masks, to other
     weights; BoxInst, which does not, to the same ones), and then no edit runs nothing; train.iters 4 -> 6
     (only the train jobs, to keep CI short) resumes each from that run's step-4 checkpoint and trains 2 steps.
@@ -73,6 +74,9 @@ def test_config_edits_rerun_exactly_the_downstream_stages(tmp_path: Path) -> Non
     assert plan(tau) == {"affinity", *AFTER_TRAINING}
     backend = write_config(tmp_path / "backend.yaml", evaluate={"coco_backend": "faster-coco-eval"})
     assert plan(backend) == AFTER_TRAINING - {"train", "figure_training_curves", "figure_activations"}
+    # split.seed: the split and what reads it; the flow stages read the manifest, which split does not write
+    seed = plan(write_config(tmp_path / "seed.yaml", split={"seed": 5}))
+    assert {"split", "frame_index", "train"} <= seed and not seed & {"manifest", "flow", "flow_quality", "affinity"}
 
     # affinity.tau_flow: new masks, so new trajectories from step 0 (issue 11: not the old checkpoint)
     keys, old = key_folders(tmp_path), final_weights(tmp_path)

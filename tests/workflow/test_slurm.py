@@ -306,8 +306,8 @@ def test_gma_flow_shard_asks_for_one_gpu_and_retries_with_more(tmp_path: Path) -
                     "--retries", "1", timeout=600)  # the profile's 2 retries, cut to 1 to save time
     assert run.returncode != 0
     subs = read_records(tmp_path, "sbatch")
-    assert [rule_of(s) for s in subs] == ["synthetic", "flow", "flow"], run.stderr
-    for attempt, sub in enumerate(subs[1:], start=1):
+    assert [rule_of(s) for s in subs] == ["synthetic", "manifest", "flow", "flow"], run.stderr
+    for attempt, sub in enumerate(subs[2:], start=1):
         check_common(sub, tmp_path)
         opts = sub["opts"]
         assert (opts["-p"], opts["--gpus"], opts["--cpus-per-task"]) == (GPU_PART, "1", "8"), opts

@@ -35,7 +35,7 @@ def test_dry_run_builds_the_dag(tmp_path: Path) -> None:
     shards = math.ceil(config["dataset"]["synthetic"]["videos"] / config["flow"]["shard_size"])
     runs = len(config["experiments"])
     jobs = planned_jobs(run)
-    assert jobs == {"synthetic": 1, "split": 1, "flow": shards, "flow_quality": 1, "affinity": shards,
+    assert jobs == {"synthetic": 1, "split": 1, "manifest": 1, "flow": shards, "flow_quality": 1, "affinity": shards,
                     "frame_index": 2, "train": runs, "evaluate": runs, "object_motion": 1, "subset_ap": runs,
                     "tables": 1, **FIGURES, "figure_flow_quality": 1}, jobs
 
@@ -75,7 +75,7 @@ def test_dry_run_of_the_paper_config(tmp_path: Path, make_ytvis: Callable[..., P
     jobs = planned_jobs(run)
     experiments = ["boxinst", "ours", "boxinst_r101", "ours_r101", "no_motion_det", "no_motion_mask",
                    "no_flow_pairwise", "det_max", "mask_sum", "mask_max"]
-    assert jobs == {"gma_checkpoint": 1, "split": 1, "flow": 2, "affinity": 2, "frame_index": 2,
+    assert jobs == {"gma_checkpoint": 1, "split": 1, "manifest": 1, "flow": 2, "affinity": 2, "frame_index": 2,
                     "train": 10, "evaluate": 10, "object_motion": 1, "subset_ap": 10, "tables": 1,
                     **FIGURES}, jobs  # no synthetic data, no flow_quality
     for exp in experiments:

@@ -4,7 +4,7 @@
 rule affinity:
     """Packed colour and flow neighbour masks of one shard's frames (method §3), on the stride-4 grid."""
     input:
-        annotations=annotations(),
+        manifest=manifest_file(),
         flow=flow_store("{k}"),
     output:
         directory("results/affinity/shard_{k}.zarr"),
@@ -20,9 +20,8 @@ rule affinity:
     threads: 1
     params:
         cfg=section("affinity"),
-        root=root_of_input,
-        annotations=annotations_in_root,
+        root=dataset_root(),
     shell:
-        "python -m pipeline.affinity --root {params.root:q} --annotations {params.annotations:q}"
+        "python -m pipeline.affinity --root {params.root:q} --manifest {input.manifest:q}"
         " --shard {wildcards.k} --flow {input.flow:q} --params {params.cfg:q} --out {output:q}"
         " --log-json {log.summary:q} --threads {threads} 2> {log.stderr:q}"

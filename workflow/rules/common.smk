@@ -44,14 +44,14 @@ def annotations():
     return os.path.join(dataset_root(), "train.json")
 
 
+def manifest_file():
+    """The dataset's manifest, written by the manifest rule: train.json without masks, validated once."""
+    return "results/manifest.json"
+
+
 def root_of_input(wildcards, input):
     """The dataset root, for a shell command's --root: the folder of the rule's input.annotations."""
     return os.path.dirname(input.annotations)
-
-
-def annotations_in_root(wildcards, input):
-    """The rule's input.annotations relative to its dataset root, for a shell command's --annotations."""
-    return os.path.basename(input.annotations)
 
 
 def frames_dir():

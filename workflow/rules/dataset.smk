@@ -18,6 +18,24 @@ rule synthetic:
         "python -m pipeline.synthetic --params {params.cfg:q} --out results/synthetic 2> {log:q}"
 
 
+rule manifest:
+    """train.json validated once (fields and frame files) into a compact manifest without masks
+    (pipeline/manifest.py): the flow, affinity and frame index jobs read it, not train.json.
+    """
+    input:
+        annotations=annotations(),
+    output:
+        manifest_file(),
+    log:
+        "logs/manifest/manifest.log",
+    conda:
+        "../../envs/data.yaml"
+    params:
+        root=root_of_input,
+    shell:
+        "python -m pipeline.manifest --root {params.root:q} --out {output:q} 2> {log:q}"
+
+
 rule split:
     """The reconstructed train_train / train_val split and train_val's image-level COCO ground truth
     (method §1.2-1.3); summary.json puts our counts beside the paper's."""

@@ -21,7 +21,7 @@ rule flow:
     temporary folder and renamed when complete. GMA and RAFT run on a GPU when one is visible; DIS on the
     CPU; gt encodes the synthetic ground truth (results/synthetic/flow_gt)."""
     input:
-        annotations=annotations(),
+        manifest=manifest_file(),
         checkpoint=gma_checkpoint_if_used(),
         flow_gt=FLOW_GT,
     output:
@@ -41,10 +41,9 @@ rule flow:
     params:
         cfg=section("flow"),
         num_videos=num_videos(),
-        root=root_of_input,
-        annotations=annotations_in_root,
+        root=dataset_root(),
     shell:
-        "python -m pipeline.flow --root {params.root:q} --annotations {params.annotations:q} --shard {wildcards.k}"
+        "python -m pipeline.flow --root {params.root:q} --manifest {input.manifest:q} --shard {wildcards.k}"
         " --num-videos {params.num_videos} --params {params.cfg:q} --out {output:q}"
         " --log-json {log.summary:q} --threads {threads} 2> {log.stderr:q}"
 
@@ -70,7 +69,7 @@ if not config["dataset"]["root"]:
         pixels with an error above 3 px, per video and overall (0 for gt, the oracle).
         """
         input:
-            annotations=annotations(),
+            manifest=manifest_file(),
             flow_gt="results/synthetic/flow_gt",
             checkpoint=gma_checkpoint_if_used(),
         output:
@@ -84,8 +83,7 @@ if not config["dataset"]["root"]:
             gpu=FLOW_ON_GPU,
         params:
             cfg=section("flow"),
-            root=root_of_input,
-            annotations=annotations_in_root,
+            root=lambda wildcards, input: os.path.dirname(input.flow_gt),
         shell:
-            "python -m pipeline.flow_quality --root {params.root:q} --annotations {params.annotations:q}"
+            "python -m pipeline.flow_quality --root {params.root:q} --manifest {input.manifest:q}"
             " --gt-root {params.root:q} --params {params.cfg:q} --out {output:q} --threads {threads} 2> {log:q}"

@@ -4,7 +4,7 @@
 rule frame_index:
     """Per-frame index of one split (pipeline/index.py): frames, shard, size, ragged boxes and classes."""
     input:
-        annotations=annotations(),
+        manifest=manifest_file(),
         split="results/split/{split}.json",
     output:
         "results/index/{split}.h5",
@@ -19,9 +19,9 @@ rule frame_index:
     threads: 1
     params:
         shard_size=section("flow", "shard_size"),
-        root=root_of_input,
+        root=dataset_root(),
     shell:
-        "python -m pipeline.index --root {params.root:q} --split {input.split:q}"
+        "python -m pipeline.index --root {params.root:q} --manifest {input.manifest:q} --split {input.split:q}"
         " --shard-size {params.shard_size} --out {output:q} 2> {log:q}"
 
 
