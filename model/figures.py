@@ -212,7 +212,7 @@ def collect_flow_axis(runs: list[Path], experiment: str, baseline: str | None) -
         base = json.loads(base_file.read_text()) if baseline and base_file.is_file() else None
         split = run / "results/split/train_val_coco.json"
         splits[run] = file_sha256(split) if split.is_file() else None
-        points.append(FlowAxisPoint(run.name, quality["estimator"], quality["overall"]["epe"],
+        points.append(FlowAxisPoint(run.resolve().name, quality["estimator"], quality["overall"]["epe"],
                                     quality["overall"]["outliers_3px"], metrics["segm"]["AP"],
                                     base["segm"]["AP"] if base else None,
                                     _subset_mask_ap(run / f"results/eval/{experiment}/subsets.json"),

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from model.figures import collect_flow_axis, main
-from smk import REPO, TINY, ran_rules, snakemake
+from smk import REPO, TINY, planned_jobs, ran_rules, snakemake
 
 
 @pytest.mark.slow
@@ -94,3 +94,15 @@ def test_flow_axis_table_per_subset_with_the_baseline_from_the_run_that_has_it(t
     shutil.rmtree(dis / "results/eval/boxinst")
     with pytest.raises(FileNotFoundError, match="no run has results/eval/boxinst/metrics.json"):
         collect_flow_axis([dis, gt], "ours", "boxinst")
+
+
+def test_default_run_plans_the_flow_axis_figure_from_the_listed_runs(tmp_path: Path) -> None:
+    """`flow_axis_runs` adds rule figure_flow_axis to the default target, reading the listed run's files
+    (without it the rule is not planned: test_workflow's test_dry_run_builds_the_dag)."""
+    other = fake_run(tmp_path / "flow_gt", "gt", 0.0, 34.0, 0.0)
+    subsets_file(other, "ours", {"all": (34.0, 31.0, 37.0)})
+    work = tmp_path / "flow_dis"
+    work.mkdir()
+    run = snakemake(work, "-n", "-p", "--config", f'flow_axis_runs=["{other}"]')
+    assert planned_jobs(run)["figure_flow_axis"] == 1
+    assert f"--runs . {other} --experiment ours --baseline boxinst" in run.stdout
