@@ -6,7 +6,7 @@ subcommand per figure (the `figure_*` rules of workflow/rules/report.smk):
     python -m model.figures curves --final results/train/<exp>/final.pt ... --experiments JSON --out PNG
     python -m model.figures flow-quality --quality results/flow/quality.json --out PNG
     python -m model.figures flow-axis --runs runs/flow_dis runs/flow_gt ... [--experiment ours] \
-        [--baseline boxinst] --out PNG      (config/flow_axis.yaml: one run per flow.estimator)
+        [--baseline boxinst] --out PNG [--table MD]      (config/flow_axis.yaml: one run per flow.estimator)
     python -m model.figures masks --gt train_val_coco.json --index train_val.h5 --frames <root>/JPEGImages \
         --results results/eval/<exp>/coco_results.json ... --experiments JSON --out PNG
     python -m model.figures activations --checkpoint results/train/<exp>/final.pt --index train_val.h5 \
@@ -46,7 +46,7 @@ from model.coco_eval import annotation_mask  # noqa: E402
 from model.evaluate import EvalFrames, EvaluateParams, load_trained, pad_batch  # noqa: E402
 from model.network import TwoStreamCondInst  # noqa: E402
 from model.predict import blend_masks  # noqa: E402
-from model.tables import ROW_LABELS, backbone_label  # noqa: E402
+from model.tables import ROW_LABELS, _fmt, _span, backbone_label  # noqa: E402
 from model.train import record_has_values  # noqa: E402
 from pipeline.flow import file_sha256  # noqa: E402
 from pipeline.io import write_bytes_atomic  # noqa: E402
@@ -163,10 +163,15 @@ def plot_flow_quality(quality: dict[str, Any], out: Path) -> None:
 
 # --- the flow-quality axis (config/flow_axis.yaml) ----------------------------------------------------------
 
+FLOW_AXIS_SUBSETS = ("all", "camouflaged", "distinct")  # the flow-axis table's columns (model.subsets' names)
+APCell = tuple[float, float, float]  # mask AP, and its bootstrap interval's low and high end
+
+
 @dataclass(frozen=True)
 class FlowAxisPoint:
-    """One workflow run of the flow-quality axis: its flow source, EPE on the synthetic ground truth, and the
-    mask AP of the flow-using experiment and (when given) of the flow-free baseline."""
+    """One workflow run of the flow-quality axis: its flow source, EPE on the synthetic ground truth, the mask
+    AP of the flow-using experiment and (when the run has it) of the flow-free baseline, and each one's mask AP
+    [interval] per subset of FLOW_AXIS_SUBSETS (results/eval/<exp>/subsets.json; empty without that file)."""
 
     run: str
     estimator: str
@@ -174,6 +179,8 @@ class FlowAxisPoint:
     outliers: float
     mask_ap: float
     baseline_ap: float | None
+    subsets: dict[str, APCell]
+    baseline_subsets: dict[str, APCell]
 
 
 def _read_json(path: Path, rule: str) -> dict[str, Any]:
@@ -183,27 +190,63 @@ def _read_json(path: Path, rule: str) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
+def _subset_mask_ap(path: Path) -> dict[str, APCell]:
+    """Mask AP (value, low, high) per subset of FLOW_AXIS_SUBSETS from a subsets.json (rule subset_ap); {} when
+    the file is absent."""
+    if not path.is_file():
+        return {}
+    subsets = json.loads(path.read_text())["subsets"]
+    return {name: (subsets[name]["segm"]["AP"]["value"], *subsets[name]["segm"]["AP"]["interval"])
+            for name in FLOW_AXIS_SUBSETS if name in subsets}
+
+
 def collect_flow_axis(runs: list[Path], experiment: str, baseline: str | None) -> list[FlowAxisPoint]:
     """One point per run directory (a `snakemake --directory`): results/flow/quality.json and
-    results/eval/<experiment>/metrics.json. The runs must share their split (the same train_val COCO file)
-    and each use another flow source; points come back sorted by EPE."""
+    results/eval/<experiment>/metrics.json (subsets.json beside it when there is one). The baseline reads no
+    flow, so a run may leave it out (`run: [ours]`); at least one run must have it. The runs must share their
+    split (the same train_val COCO file) and each use another flow source; points come back sorted by EPE."""
     points, splits = [], {}
     for run in runs:
         quality = _read_json(run / "results/flow/quality.json", "flow_quality")
         metrics = _read_json(run / f"results/eval/{experiment}/metrics.json", "evaluate")
-        base = _read_json(run / f"results/eval/{baseline}/metrics.json", "evaluate") if baseline else None
+        base_file = run / f"results/eval/{baseline}/metrics.json"
+        base = json.loads(base_file.read_text()) if baseline and base_file.is_file() else None
         split = run / "results/split/train_val_coco.json"
         splits[run] = file_sha256(split) if split.is_file() else None
-        points.append(FlowAxisPoint(run.name, quality["estimator"], quality["overall"]["epe"],
+        points.append(FlowAxisPoint(run.resolve().name, quality["estimator"], quality["overall"]["epe"],
                                     quality["overall"]["outliers_3px"], metrics["segm"]["AP"],
-                                    base["segm"]["AP"] if base else None))
+                                    base["segm"]["AP"] if base else None,
+                                    _subset_mask_ap(run / f"results/eval/{experiment}/subsets.json"),
+                                    _subset_mask_ap(run / f"results/eval/{baseline}/subsets.json") if base else {}))
     if len(set(splits.values())) > 1 or None in splits.values():
         raise ValueError("the runs do not share one split (results/split/train_val_coco.json differs or is "
                          f"missing): {', '.join(f'{r}: {d and d[:12]}' for r, d in splits.items())}")
     estimators = [p.estimator for p in points]
     if len(set(estimators)) != len(estimators):
         raise ValueError(f"two runs used the same flow source: {estimators}; one run per flow.estimator")
+    if baseline and all(p.baseline_ap is None for p in points):
+        raise FileNotFoundError(f"no run has results/eval/{baseline}/metrics.json (rule evaluate); give "
+                                f"--baseline '' for none")
     return sorted(points, key=lambda p: p.epe)
+
+
+def flow_axis_markdown(points: list[FlowAxisPoint], experiment: str, baseline: str | None) -> str:
+    """The table 'EPE vs mask AP': one row per flow source, EPE and the share of pixels off by more than 3 px,
+    mask AP [interval] of `experiment` per subset, and the baseline's from the runs that have it."""
+    who = [experiment] + ([baseline] if baseline else [])
+    heads = [f"{name} mask AP {subset}" for name in who for subset in FLOW_AXIS_SUBSETS]
+    lines = ["| flow source | EPE (px) | > 3 px | " + " | ".join(heads) + " |",
+             "|---|---:|---:|" + "---:|" * len(heads)]
+    for p in points:
+        cells = []
+        for total, cells_of in ((p.mask_ap, p.subsets), (p.baseline_ap, p.baseline_subsets))[:len(who)]:
+            for subset in FLOW_AXIS_SUBSETS:
+                cell = cells_of.get(subset)
+                cells.append(f"{_fmt(cell[0])}{_span(cell[1], cell[2])}" if cell
+                             else _fmt(total) if subset == "all" else "–")
+        name = "gt (oracle)" if p.estimator == "gt" else p.estimator
+        lines.append(f"| {name} | {p.epe:.3f} | {100 * p.outliers:.1f} % | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def plot_flow_axis(points: list[FlowAxisPoint], experiment: str, baseline: str | None, out: Path) -> None:
@@ -453,9 +496,11 @@ def cmd_flow_quality(args: argparse.Namespace) -> None:
 
 
 def cmd_flow_axis(args: argparse.Namespace) -> None:
-    """EPE vs mask AP over the run directories of the flow-quality axis."""
+    """EPE vs mask AP over the run directories of the flow-quality axis: the figure, and the table with --table."""
     points = collect_flow_axis(args.runs, args.experiment, args.baseline)
     plot_flow_axis(points, args.experiment, args.baseline, args.out)
+    if args.table:
+        write_bytes_atomic(args.table, flow_axis_markdown(points, args.experiment, args.baseline).encode())
     for p in points:
         print(f"{p.run}: {p.estimator} EPE {p.epe:.3f} px ({100 * p.outliers:.1f}% > 3 px), "
               f"{args.experiment} mask AP {p.mask_ap:.1f}" +
@@ -541,6 +586,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--runs", nargs="+", required=True, type=Path, help="workflow directories (--directory)")
     p.add_argument("--experiment", default="ours", help="the flow-using experiment whose mask AP is plotted")
     p.add_argument("--baseline", default="boxinst", help="a flow-free experiment drawn as a line ('' for none)")
+    p.add_argument("--table", type=Path, default=None, help="also write the table 'EPE vs mask AP' (markdown)")
     p.set_defaults(run=cmd_flow_axis)
     p = sub.add_parser("masks", help="Fig. 1: ground truth and each experiment's masks")
     p.add_argument("--gt", required=True, type=Path, help="results/split/train_val_coco.json")

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from model.figures import collect_flow_axis, main
-from smk import REPO, TINY, ran_rules, snakemake
+from smk import REPO, TINY, planned_jobs, ran_rules, snakemake
 
 
 @pytest.mark.slow
@@ -65,3 +65,44 @@ def test_flow_axis_collects_runs_sorted_by_epe_and_refuses_mixed_ones(tmp_path: 
     shutil.rmtree(runs[0] / "results/eval")
     with pytest.raises(FileNotFoundError, match=r"flow_dis/results/eval/ours/metrics.json: missing; .*rule evaluate"):
         collect_flow_axis(runs, "ours", "boxinst")
+
+
+def subsets_file(root: Path, experiment: str, cells: dict[str, tuple[float, float, float]]) -> None:
+    """results/eval/<experiment>/subsets.json as rule subset_ap writes it (mask AP value and interval only)."""
+    subsets = {name: {"segm": {"AP": {"value": v, "interval": [lo, hi]}}} for name, (v, lo, hi) in cells.items()}
+    (root / f"results/eval/{experiment}/subsets.json").write_text(json.dumps({"subsets": subsets}))
+
+
+def test_flow_axis_table_per_subset_with_the_baseline_from_the_run_that_has_it(tmp_path: Path) -> None:
+    """The gt run trains ours only (run: [ours]; BoxInst reads no flow): its baseline cells are dashes, the dis
+    run's come from its files; subsets without a subsets.json fall back to the metrics' AP (all) or a dash."""
+    dis = fake_run(tmp_path / "flow_dis", "dis", 0.2154, 30.5, 20.0)
+    subsets_file(dis, "ours", {"all": (30.5, 28.04, 33.96), "camouflaged": (12.25, 9.0, 15.5),
+                               "distinct": (40.0, 35.0, 45.0)})
+    gt = fake_run(tmp_path / "flow_gt", "gt", 0.0, 34.0, 0.0)
+    shutil.rmtree(gt / "results/eval/boxinst")
+    subsets_file(gt, "ours", {"all": (34.0, 31.0, 37.0), "camouflaged": (20.0, 17.0, 23.0),
+                              "distinct": (41.0, 36.0, 46.0)})
+    table = tmp_path / "axis.md"
+    main(["flow-axis", "--runs", str(dis), str(gt), "--out", str(tmp_path / "axis.png"), "--table", str(table)])
+    assert table.read_text().splitlines() == [
+        "| flow source | EPE (px) | > 3 px | ours mask AP all | ours mask AP camouflaged | ours mask AP distinct"
+        " | boxinst mask AP all | boxinst mask AP camouflaged | boxinst mask AP distinct |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| gt (oracle) | 0.000 | 10.0 % | 34.0 [31.0, 37.0] | 20.0 [17.0, 23.0] | 41.0 [36.0, 46.0] | – | – | – |",
+        "| dis | 0.215 | 10.0 % | 30.5 [28.0, 34.0] | 12.2 [9.0, 15.5] | 40.0 [35.0, 45.0] | 20.0 | – | – |"]
+    shutil.rmtree(dis / "results/eval/boxinst")
+    with pytest.raises(FileNotFoundError, match="no run has results/eval/boxinst/metrics.json"):
+        collect_flow_axis([dis, gt], "ours", "boxinst")
+
+
+def test_default_run_plans_the_flow_axis_figure_from_the_listed_runs(tmp_path: Path) -> None:
+    """`flow_axis_runs` adds rule figure_flow_axis to the default target, reading the listed run's files
+    (without it the rule is not planned: test_workflow's test_dry_run_builds_the_dag)."""
+    other = fake_run(tmp_path / "flow_gt", "gt", 0.0, 34.0, 0.0)
+    subsets_file(other, "ours", {"all": (34.0, 31.0, 37.0)})
+    work = tmp_path / "flow_dis"
+    work.mkdir()
+    run = snakemake(work, "-n", "-p", "--config", f'flow_axis_runs=["{other}"]')
+    assert planned_jobs(run)["figure_flow_axis"] == 1
+    assert f"--runs . {other} --experiment ours --baseline boxinst" in run.stdout

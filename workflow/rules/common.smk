@@ -144,4 +144,37 @@ def figure_targets():
         targets += ["results/figures/fig1_masks.png", "results/figures/subset_ap.png"]
     if experiment_of_row("ours_r50"):
         targets.append("results/figures/fig3_activations.png")
+    if flow_axis_runs():
+        targets.append("results/figures/flow_axis.png")
     return targets
+
+
+def flow_axis_runs():
+    """The other runs of the flow-quality axis (config `flow_axis_runs`) on the synthetic data with an ours_r50
+    experiment; [] otherwise (no figure)."""
+    if config["dataset"]["root"] or not experiment_of_row("ours_r50"):
+        return []
+    return config.get("flow_axis_runs") or []
+
+
+def flow_axis_inputs():
+    """The files `model.figures flow-axis` reads: flow quality, split and ours_r50's metrics and subset AP of
+    this run and of each run in flow_axis_runs(); boxinst_r50's of this run only (BoxInst reads no flow).
+    """
+    ours, boxinst = experiment_of_row("ours_r50"), experiment_of_row("boxinst_r50")
+    files = (
+        [f"results/eval/{boxinst}/{f}" for f in ("metrics.json", "subsets.json")]
+        if boxinst
+        else []
+    )
+    for run in [".", *flow_axis_runs()]:
+        files += [
+            os.path.normpath(f"{run}/results/{f}")
+            for f in (
+                "flow/quality.json",
+                "split/train_val_coco.json",
+                f"eval/{ours}/metrics.json",
+                f"eval/{ours}/subsets.json",
+            )
+        ]
+    return files

@@ -123,6 +123,34 @@ if experiment_of_row("boxinst_r50") and experiment_of_row("ours_r50"):
             "python -m model.figures subsets --subsets {input:q} --out {output:q} 2> {log:q}"
 
 
+if flow_axis_runs():
+
+    rule figure_flow_axis:
+        """The flow-quality axis: this run's and the runs of config `flow_axis_runs` (other flow sources, same
+        data and split) as EPE against mask AP of ours_r50, the figure and a table per subset.
+        """
+        input:
+            flow_axis_inputs(),
+        output:
+            figure=report(
+                "results/figures/flow_axis.png",
+                caption="../report/flow_axis.rst",
+                category="Flow",
+            ),
+            table="results/figures/flow_axis.md",
+        log:
+            "logs/figures/flow_axis.log",
+        conda:
+            "../../envs/train.yaml"
+        params:
+            runs=[".", *flow_axis_runs()],
+            experiment=experiment_of_row("ours_r50"),
+            baseline=experiment_of_row("boxinst_r50") or "",
+        shell:
+            "python -m model.figures flow-axis --runs {params.runs:q} --experiment {params.experiment:q}"
+            " --baseline {params.baseline:q} --out {output.figure:q} --table {output.table:q} 2> {log:q}"
+
+
 if experiment_of_row("ours_r50"):
 
     rule figure_activations:
