@@ -108,7 +108,8 @@ def expected_requests(env: dict[str, str]) -> dict[str, tuple[str, int, int, int
     docs/cluster.md's table lists them, capped by MOWIS_SLURM_MAX_CPUS / _MAX_MEM_MB."""
     cpu, gpu = env["MOWIS_SLURM_CPU_PARTITION"], env["MOWIS_SLURM_GPU_PARTITION"]
     max_cpus, max_mem = int(env["MOWIS_SLURM_MAX_CPUS"]), int(env["MOWIS_SLURM_MAX_MEM_MB"])
-    asked = {"synthetic": (cpu, 1, 30, 4000), "split": (cpu, 1, 30, 8000), "flow": (cpu, 8, 240, 32000),
+    asked = {"synthetic": (cpu, 1, 30, 4000), "manifest": (cpu, 1, 30, 8000), "split": (cpu, 1, 30, 8000),
+             "flow": (cpu, 8, 240, 32000),
              "flow_quality": (cpu, 8, 60, 16000), "affinity": (cpu, 4, 120, 16000),
              "frame_index": (cpu, 2, 60, 16000), "train": (gpu, 32, 1440, 200000), "evaluate": (gpu, 8, 120, 32000),
              "object_motion": (cpu, 1, 120, 16000), "subset_ap": (cpu, 1, 120, 16000), "tables": (cpu, 1, 30, 4000)}
@@ -138,7 +139,8 @@ def test_tiny_workflow_through_the_profile(slurm_cluster: Cluster, tmp_path: Pat
     per_rule = Counter(rule_of(job) for job in jobs)
     # TINY: 8 videos in flow shards of 4; two frame indices (train_train, train_val); two experiments; the
     # synthetic data's flow quality; the objects' motion once, subset AP per experiment
-    assert per_rule == {"synthetic": 1, "split": 1, "flow": 2, "flow_quality": 1, "affinity": 2, "frame_index": 2,
+    assert per_rule == {"synthetic": 1, "manifest": 1, "split": 1, "flow": 2, "flow_quality": 1, "affinity": 2,
+                        "frame_index": 2,
                         "train": 2, "evaluate": 2, "object_motion": 1, "subset_ap": 2, "tables": 1}, per_rule
     expected = expected_requests(env)
     for job in jobs:

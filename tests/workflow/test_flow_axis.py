@@ -24,7 +24,7 @@ def test_gt_run_stores_and_scores_the_ground_truth(tmp_path: Path) -> None:
     run = snakemake(work, "--cores", "2", "results/flow/quality.json", "results/flow/shard_0.zarr",
                     "--configfile", str(REPO / "config/flow_axis.yaml"), str(tiny),
                     "--config", 'flow={"estimator": "gt"}')
-    assert ran_rules(run) == {"synthetic", "flow", "flow_quality"}
+    assert ran_rules(run) == {"synthetic", "manifest", "flow", "flow_quality"}
     quality = json.loads((work / "results/flow/quality.json").read_text())
     assert quality["estimator"] == "gt" and quality["overall"]["epe"] == 0.0 and quality["overall"]["pixels"] > 0
     attributes = json.loads((work / "results/flow/shard_0.zarr/zarr.json").read_text())["attributes"]
