@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -24,6 +28,9 @@ train: {iters: 4, batch_size: 2, base_batch: 2, warmup_iters: 1, schedule: step,
         checkpoint_every: 2}
 evaluate: {min_size: 64, max_size: 96, subsets: {resamples: 50}}
 """
+
+# BoxInst made one-stream: the value of `--config experiments=...`.
+ONE_STREAM_BOXINST = json.dumps({"boxinst": {"paper": "boxinst_r50", "model": {"two_stream": False}}})
 
 # The report's figure jobs that every run with BoxInst and Ours R-50 experiments plans (rules in report.smk),
 # and those of them that a training edit reruns.
@@ -44,10 +51,26 @@ def command(workdir: Path, *args: str) -> list[str]:
 
 
 def snakemake(workdir: Path, *args: str, env: dict[str, str] | None = None,
-              timeout: int = 600) -> subprocess.CompletedProcess:
-    """Run `command(workdir, *args)` in `workdir` to its end, output captured."""
+              timeout: int = 1800) -> subprocess.CompletedProcess:
+    """Run `command(workdir, *args)` in `workdir` to its end, output captured. The timeout only catches a hang:
+    a tiny full run takes about 2 minutes on 2 idle cores, over 10 on 2 cores shared by a dozen processes."""
     return subprocess.run(command(workdir, *args), cwd=workdir, env=env or environment(), capture_output=True,
                           text=True, timeout=timeout)
+
+
+def write_tiny(path: Path, **edits: dict) -> Path:
+    """TINY with {section: {key: value}} edits merged into its sections, written to `path`."""
+    config = yaml.safe_load(TINY)
+    for section, values in edits.items():
+        config[section] = config.get(section, {}) | values
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def copy_run(workdir: Path, to: Path) -> Path:
+    """A copy of a finished run's working directory at `to`, file times kept: Snakemake finds it up to date."""
+    shutil.copytree(workdir, to, symlinks=True)
+    return to
 
 
 def dry_run_with(workdir: Path, override: str) -> subprocess.CompletedProcess:

@@ -1,19 +1,15 @@
 """Configuration as users give it: `--config` JSON values with their JSON types, a config file choosing the
-experiments, bad values refused at start (under -n too), and a run on a dataset path with a space and a quote."""
+experiments, bad values refused at start (under -n too), and a run on a dataset path with a space and a quote
+(the shared `boxes_run` of conftest.py)."""
 
 from __future__ import annotations
 
-import json
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
-import yaml
 
-from smk import REPO, TINY, dry_run_with, planned_jobs, ran_rules, snakemake
-
-ONE_STREAM_BOXINST = json.dumps({"boxinst": {"paper": "boxinst_r50", "model": {"two_stream": False}}})
+from smk import ONE_STREAM_BOXINST, REPO, dry_run_with, planned_jobs, ran_rules, snakemake
 
 
 def test_config_values_arrive_with_their_json_types(tmp_path: Path) -> None:
@@ -53,21 +49,12 @@ def test_the_readme_config_file_chooses_the_experiments(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_one_stream_run_on_a_dataset_path_with_a_space_and_a_quote(tmp_path: Path,
-                                                                   make_ytvis: Callable[..., Path]) -> None:
-    """TINY on a real YouTube-VIS folder under "my data's/", one experiment chosen and made one-stream from the
-    command line: every stage runs to the tables, and the checkpoint has no flow stream."""
-    root = make_ytvis("my data's/ytvis", videos=6, frames=4, height=48, width=64)
-    config = yaml.safe_load(TINY)
-    config["dataset"]["root"] = str(root)
-    config["flow"]["shard_size"] = 6  # one flow and one affinity job
-    path = tmp_path / "tiny.yaml"
-    path.write_text(yaml.safe_dump(config))
-    work = tmp_path / "work"
-    work.mkdir()
-    run = snakemake(work, "results/tables", "--cores", "2", "--configfile", str(path), "--config",
-                    f"experiments={ONE_STREAM_BOXINST}", 'run=["boxinst"]')
-    assert {"split", "flow", "affinity", "frame_index", "train", "evaluate", "tables"} <= ran_rules(run)
+def test_one_stream_run_on_a_dataset_path_with_a_space_and_a_quote(boxes_run) -> None:
+    """TINY on a YouTube-VIS folder under "my data's/", the experiments chosen and BoxInst made one-stream from
+    the command line: every stage runs to the tables, and BoxInst's checkpoint has no flow stream."""
+    assert "my data's" in str(boxes_run.root)
+    assert {"split", "flow", "affinity", "frame_index", "train", "evaluate", "tables"} <= ran_rules(boxes_run.process)
+    work = boxes_run.work
     assert sorted(p.name for p in (work / "results/tables").glob("*.md"))
     state = torch.load(work / "results/train/boxinst/final.pt", map_location="cpu", weights_only=True)
     assert state["model_params"]["two_stream"] is False

@@ -5,7 +5,7 @@ show (each CPU rule's partition, CPUs, memory and time limit, reruns, cancel, ti
 runs on a real SLURM in tests/slurm/test_slurm_cluster.py.
 
 The fakes (sbatch, srun, sacct, squeue, sinfo, scontrol, sacctmgr, scancel) are small scripts the test writes
-into tmp_path/bin; each calls `fake_main()` below. They record their arguments in tmp_path/slurm/*.jsonl,
+into tmp_path/bin; each calls `fake_main()` of fake_slurm.py. They record their arguments in tmp_path/slurm/*.jsonl,
 and sbatch runs the submitted job on this machine in the background, as SLURM would on a node: with
 SLURM_JOB_ID, SLURM_JOB_NUM_NODES and SLURM_JOB_NODELIST (every "node" is localhost). srun starts its tasks
 here too, one process per task with SLURM_PROCID/SLURM_NODEID, so the two-"node" torchrun really meets at
@@ -14,10 +14,9 @@ its c10d rendezvous. Job states go to tmp_path/slurm/jobs/<id>.json, where sacct
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
-import signal
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -25,193 +24,9 @@ from pathlib import Path
 import pytest
 
 import smk
+from fake_slurm import ACCOUNT, CPU_PART, FAKES, GPU_PART, GPUS_PER_NODE, NODES, rule_of
 from model.launch import slurm_allocation
-from smk import REPO, TINY, environment
-
-FAKES = ("sbatch", "srun", "sacct", "squeue", "sinfo", "scontrol", "sacctmgr", "scancel")
-ACCOUNT, CPU_PART, GPU_PART = "acct-test", "cpu-test", "gpu-test"
-NODES, GPUS_PER_NODE = 2, 4
-
-# sbatch options that take the next word as their value (the plugin writes the rest as --key=value)
-SBATCH_VALUE_OPTS = {"--job-name", "--output", "--comment", "-A", "-p", "-t", "--mem", "--mem-per-cpu", "-D",
-                     "-C", "--clusters"}
-
-
-# ------------------------------------------------------------------------------------------------ the fakes
-def state_dir() -> Path:
-    """Where the fakes keep their records (FAKE_SLURM_DIR)."""
-    return Path(os.environ["FAKE_SLURM_DIR"])
-
-
-def record(name: str, entry: dict) -> None:
-    """Append one JSON line to <state>/<name>.jsonl under a lock (fakes run concurrently)."""
-    with open(state_dir() / f"{name}.jsonl", "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        f.write(json.dumps(entry) + "\n")
-
-
-def next_job_id() -> str:
-    """A fresh job id from a locked counter file."""
-    with open(state_dir() / "counter", "a+") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        f.seek(0)
-        job_id = int(f.read() or "1000") + 1
-        f.seek(0)
-        f.truncate()
-        f.write(str(job_id))
-    return str(job_id)
-
-
-def job_file(job_id: str) -> Path:
-    """The state file of one job."""
-    return state_dir() / "jobs" / f"{job_id}.json"
-
-
-def write_job(job_id: str, **fields: object) -> None:
-    """Update a job's state file atomically."""
-    path = job_file(job_id)
-    job = json.loads(path.read_text()) if path.exists() else {}
-    job.update(fields)
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(job))
-    os.replace(tmp, path)
-
-
-def parse_sbatch(argv: list[str]) -> dict[str, object]:
-    """sbatch's options as {option: value} (True for bare flags)."""
-    opts: dict[str, object] = {}
-    i = 0
-    while i < len(argv):
-        word = argv[i]
-        if word in SBATCH_VALUE_OPTS:
-            opts[word], i = argv[i + 1], i + 2
-            continue
-        key, eq, value = word.partition("=")
-        opts[key] = value if eq else True
-        i += 1
-    return opts
-
-
-def fake_sbatch(argv: list[str]) -> int:
-    """Record the submission, print its id, and run the --wrap command in the background as the job."""
-    opts = parse_sbatch(argv)
-    job_id = next_job_id()
-    record("sbatch", {"id": job_id, "argv": argv, "opts": opts})
-    nodes = int(opts.get("--nodes", 1))
-    (state_dir() / "jobs").mkdir(exist_ok=True)
-    write_job(job_id, name=opts["--job-name"], state="RUNNING", nodes=nodes)
-    log = str(opts["--output"]).replace("%j", job_id)
-    env = dict(os.environ, SLURM_JOB_ID=job_id, SLURM_JOBID=job_id, SLURM_JOB_NUM_NODES=str(nodes),
-               SLURM_JOB_NODELIST=",".join(["localhost"] * nodes))
-    if rule_of({"opts": opts}) == os.environ.get("FAKE_SLURM_FAIL_RULE"):
-        write_job(job_id, state="FAILED", exit_code=1)  # the "node" fails this rule's jobs without running them
-        print(job_id)
-        return 0
-    if os.fork():
-        print(job_id)
-        return 0
-    os.setsid()
-    with open(log, "w") as out:
-        os.dup2(out.fileno(), 1)
-        os.dup2(out.fileno(), 2)
-        job = subprocess.Popen(["bash", "-c", str(opts["--wrap"])], cwd=str(opts["-D"]), env=env,
-                               stdin=subprocess.DEVNULL)
-        write_job(job_id, pid=job.pid)
-        code = job.wait()
-    write_job(job_id, state="COMPLETED" if code == 0 else "FAILED", exit_code=code)
-    os._exit(0)
-
-
-def fake_srun(argv: list[str]) -> int:
-    """Record the step, run its command once per task here (SLURM_PROCID/NODEID/LOCALID set), fail if any fails."""
-    i = 0
-    while i < len(argv) and argv[i].startswith("-"):
-        i += 1
-    opts = parse_sbatch(argv[:i])
-    command = argv[i:]
-    record("srun", {"argv": argv, "opts": opts, "command": command, "omp": os.environ.get("OMP_NUM_THREADS"),
-                    "job": os.environ.get("SLURM_JOB_ID")})
-    if os.environ.get("FAKE_SRUN_RECORD_ONLY"):
-        return 0
-    nodes = int(opts.get("--nodes", 1))
-    ntasks = int(opts.get("--ntasks", opts.get("-n1") and 1 or nodes * int(opts.get("--ntasks-per-node", 1))))
-    per_node = max(ntasks // nodes, 1)
-    tasks = []
-    for rank in range(ntasks):
-        env = dict(os.environ, SLURM_PROCID=str(rank), SLURM_NODEID=str(rank // per_node),
-                   SLURM_LOCALID=str(rank % per_node), SLURM_NTASKS=str(ntasks), SLURM_NNODES=str(nodes),
-                   SLURM_JOB_NUM_NODES=str(nodes), SLURM_STEP_NUM_TASKS=str(ntasks))
-        tasks.append(subprocess.Popen(command, env=env))
-    codes = [task.wait() for task in tasks]
-    return next((code for code in codes if code), 0)
-
-
-def fake_sacct(argv: list[str]) -> int:
-    """`sacct ... --name <run>`: one `id|STATE` line per job of that run; other queries print nothing."""
-    if "--name" in argv:
-        name = argv[argv.index("--name") + 1]
-        for path in sorted((state_dir() / "jobs").glob("*.json")):
-            job = json.loads(path.read_text())
-            if job.get("name") == name:
-                print(f"{path.stem}|{job['state']}")
-    return 0
-
-
-def fake_scontrol(argv: list[str]) -> int:
-    """`show config`, `show hostnames <list>` and `show job <id>`."""
-    if argv[:2] == ["show", "config"]:
-        print("MinJobAge               = 300 sec\nMaxArraySize            = 1001")
-    elif argv[:2] == ["show", "hostnames"]:
-        print("\n".join(argv[2].split(",")))
-    elif argv[:2] == ["show", "job"]:
-        job = json.loads(job_file(argv[2]).read_text())
-        nodelist = ",".join(["localhost"] * job["nodes"])
-        print(f"JobId={argv[2]} JobName={job['name']}\n   JobState={job['state']} Reason=None\n"
-              f"   ReqNodeList=(null) ExcNodeList=(null)\n   NodeList={nodelist}\n"
-              f"   NumNodes={job['nodes']} NumCPUs={2 * job['nodes']} NumTasks={job['nodes']}")
-    else:
-        print(f"fake scontrol: unsupported {argv}", file=sys.stderr)
-        return 1
-    return 0
-
-
-def fake_scancel(argv: list[str]) -> int:
-    """Record the cancellation and kill the jobs' process groups."""
-    record("scancel", {"argv": argv})
-    for job_id in (a for a in argv if a.isdigit()):
-        job = json.loads(job_file(job_id).read_text())
-        if "pid" in job:
-            try:
-                os.killpg(job["pid"], signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-        write_job(job_id, state="CANCELLED")
-    return 0
-
-
-def fake_main() -> None:
-    """Entry point of every fake: dispatch on the script's name."""
-    name, argv = Path(sys.argv[0]).name, sys.argv[1:]
-    record("calls", {"command": name, "argv": argv})
-    if name == "sbatch":
-        code = fake_sbatch(argv)
-    elif name == "srun":
-        code = fake_srun(argv)
-    elif name in ("sacct", "squeue"):
-        code = fake_sacct(argv)
-    elif name == "sinfo":
-        print(f"PARTITION\n{CPU_PART}*\n{GPU_PART}")
-        code = 0
-    elif name == "scontrol":
-        code = fake_scontrol(argv)
-    elif name == "sacctmgr":
-        print(ACCOUNT)
-        code = 0
-    elif name == "scancel":
-        code = fake_scancel(argv)
-    else:
-        raise SystemExit(f"unknown fake {name}")
-    sys.exit(code)
+from smk import REPO, copy_run, environment
 
 
 def install_fakes(tmp_path: Path) -> dict[str, str]:
@@ -222,7 +37,7 @@ def install_fakes(tmp_path: Path) -> dict[str, str]:
     for name in FAKES:
         script = bin_dir / name
         script.write_text(f"#!{sys.executable}\nimport sys\nsys.path.insert(0, {str(Path(__file__).parent)!r})\n"
-                          "from test_slurm import fake_main\nfake_main()\n")
+                          "from fake_slurm import fake_main\nfake_main()\n")
         script.chmod(0o755)
     env = environment(FAKE_SLURM_DIR=str(state))
     return env | {"PATH": f"{bin_dir}{os.pathsep}{env['PATH']}"}
@@ -232,12 +47,6 @@ def read_records(tmp_path: Path, name: str) -> list[dict]:
     """The JSON lines a fake recorded."""
     path = tmp_path / "slurm" / f"{name}.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
-
-
-def rule_of(submission: dict) -> str:
-    """The rule name in the plugin's --comment (rule_<name>[_wildcards_...])."""
-    comment = str(submission["opts"]["--comment"])
-    return comment.removeprefix("rule_").split("_wildcards_")[0]
 
 
 # ------------------------------------------------------------------------------------------------ the tests
@@ -274,7 +83,7 @@ def test_multi_node_launch_command(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     env.update(SLURM_JOB_ID="4242", CUDA_VISIBLE_DEVICES="0,1,2,3", MOWIS_RDZV_PORT="29511",
                FAKE_SRUN_RECORD_ONLY="1")
     run = subprocess.run([sys.executable, "-m", "model.launch", "--gpus", "0", "--threads", "32", "--",
-                          "--out", "results/train/e"], cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+                          "--out", "results/train/e"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
     (step,) = read_records(tmp_path, "srun")
     assert step["opts"] == {"--nodes": "2", "--ntasks": "2", "--ntasks-per-node": "1", "--cpus-per-task": "32",
@@ -316,17 +125,21 @@ def test_gma_flow_shard_asks_for_one_gpu_and_retries_with_more(tmp_path: Path) -
 
 
 @pytest.mark.slow
-def test_multi_node_training_through_the_slurm_profile(tmp_path: Path) -> None:
-    """The train job asks for 2 nodes x 4 GPUs (--nodes, --ntasks-per-node=1, --gres per node) and fans out through
-    srun to one torchrun per "node" that meet at a c10d rendezvous; evaluation asks for one GPU; the run completes."""
-    config = tmp_path / "tiny.yaml"
-    config.write_text(TINY)
+def test_multi_node_training_through_the_slurm_profile(tiny_run, tmp_path: Path) -> None:
+    """On a copy of the shared tiny run (conftest.py) without ours' model and evaluation: the train job asks for
+    2 nodes x 4 GPUs (--nodes, --ntasks-per-node=1, --gres per node) and fans out through srun to one torchrun per
+    "node" that meet at a c10d rendezvous; evaluation asks for one GPU; the run completes."""
+    work = copy_run(tiny_run.work, tmp_path / "work")
+    shutil.rmtree(work / "results/train/ours")
+    shutil.rmtree(work / "results/eval/ours")
+    (work / "logs/train/ours.log").unlink()
     env = slurm_env(tmp_path)
-    run = snakemake(tmp_path, env, "results/eval/ours/metrics.json", "--configfile", str(config), "--jobs", "3")
+    run = snakemake(work, env, "results/eval/ours/metrics.json", "--configfile", str(work / "tiny.yaml"))
     assert run.returncode == 0, run.stdout + run.stderr[-5000:]
     subs = read_records(tmp_path, "sbatch")
+    assert [rule_of(sub) for sub in subs] == ["train", "evaluate"], run.stderr[-5000:]  # the rest is up to date
     for sub in subs:
-        check_common(sub, tmp_path)
+        check_common(sub, work)
     (train,) = [sub for sub in subs if rule_of(sub) == "train"]
     opts = train["opts"]
     assert (opts["-p"], opts["--nodes"], opts["--ntasks"], opts["--ntasks-per-node"]) == (
@@ -350,8 +163,8 @@ def test_multi_node_training_through_the_slurm_profile(tmp_path: Path) -> None:
     assert step["command"][1:10] == ["-m", "torch.distributed.run", f"--nnodes={NODES}", "--rdzv-backend=c10d",
                                      f"--rdzv-endpoint=localhost:{port}", f"--rdzv-id={step['job']}",
                                      "--nproc-per-node=1", "-m", "model.train"]
-    assert f"rank 0 of {NODES} on cpu" in (tmp_path / "logs/train/ours.log").read_text()
-    assert (tmp_path / "results/eval/ours/metrics.json").exists()
+    assert f"rank 0 of {NODES} on cpu" in (work / "logs/train/ours.log").read_text()
+    assert (work / "results/eval/ours/metrics.json").exists()
 
 
 def local_gpu_claims(tmp_path: Path, estimator: str) -> dict[str, set[int]]:

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
-from smk import dry_run_with, snakemake
+from smk import dry_run_with
 
 
-def test_dry_run_plans_one_train_job_per_experiment(tmp_path: Path) -> None:
+def test_dry_run_plans_one_train_job_per_experiment(default_plan: subprocess.CompletedProcess) -> None:
     """The default config's experiments (boxinst, ours) each get a torchrun train job on the index."""
-    run = snakemake(tmp_path, "-n", "-p")
+    run = default_plan
     assert run.returncode == 0, run.stdout + run.stderr
     assert run.stdout.count("rule train:") == 2 and "rule frame_index:" in run.stdout
     for exp in ("boxinst", "ours"):

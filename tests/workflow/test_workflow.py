@@ -26,9 +26,9 @@ def test_snakefmt_is_clean() -> None:
     assert run.returncode == 0, run.stdout + run.stderr
 
 
-def test_dry_run_builds_the_dag(tmp_path: Path) -> None:
+def test_dry_run_builds_the_dag(default_plan: subprocess.CompletedProcess) -> None:
     """A dry run on the default config plans every stage from the synthetic dataset down to the tables."""
-    run = snakemake(tmp_path, "-n")
+    run = default_plan
     assert run.returncode == 0, run.stdout + run.stderr
     assert "rule synthetic" in run.stdout and "rule split" in run.stdout
     config = yaml.safe_load((REPO / "config.yaml").read_text())
