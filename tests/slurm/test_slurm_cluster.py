@@ -256,6 +256,8 @@ def test_ctrl_c_cancels_queued_and_running_jobs(slurm_cluster: Cluster, tmp_path
         wait_for(lambda: states() == ["PENDING", "PENDING", "RUNNING"] and submitted(tmp_path) == 3, 120,
                  "one running and two pending jobs, all three known to Snakemake", records)
         run.send_signal(signal.SIGINT)
-        run.communicate(timeout=120)
-        wait_for(lambda: not queued(list(records)), 15, "an empty squeue", records)
+        wait_for(lambda: not queued(list(records)), 120, "an empty squeue after Ctrl-C", records)
+        # Snakemake exits once its status-check thread wakes; under the whole suite's load that wait grew past
+        # 120 s once (CI, session 3), so the exit gets a longer bound than the cancellation itself
+        run.communicate(timeout=300)
     assert states() == ["CANCELLED"] * 3
