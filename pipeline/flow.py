@@ -44,7 +44,7 @@ import numpy as np
 import zarr
 from tqdm import tqdm
 
-from pipeline.flow_codec import flow_scale, flow_to_rgb
+from pipeline.flow_codec import encode_flow
 from pipeline.identity import DIGEST_ATTR, store_digest
 from pipeline.io import atomic_dir, params_from_json, setup_logging, write_json_atomic
 from pipeline.shards import videos_of_shard
@@ -429,11 +429,18 @@ def flows_of(video: Video, frames: np.ndarray, source: FlowSource) -> np.ndarray
 def encode_video(flows: np.ndarray, pool: Executor | None = None) -> np.ndarray:
     """(T, H, W, 2) float flow -> (T, H, W, 3) uint8, each frame normalised on its own (flow_to_rgb); the
     frames are encoded in `pool` when given (numpy releases the GIL), the result is the same either way."""
-    frames = pool.map(flow_to_rgb, flows) if pool is not None else map(flow_to_rgb, flows)
+    return encode_video_scales(flows, pool)[0]
+
+
+def encode_video_scales(flows: np.ndarray, pool: Executor | None = None) -> tuple[np.ndarray, list[float]]:
+    """encode_video's (T, H, W, 3) uint8 colours and each frame's divisor (flow_scale), computed once."""
+    frames = pool.map(encode_flow, flows) if pool is not None else map(encode_flow, flows)
     rgb = np.empty(flows.shape[:-1] + (3,), np.uint8)
-    for t, frame in enumerate(frames):
+    scales = []
+    for t, (frame, scale) in enumerate(frames):
         rgb[t] = frame
-    return rgb
+        scales.append(float(scale))
+    return rgb, scales
 
 
 def read_frames(root: str | os.PathLike, video: Video) -> np.ndarray:
@@ -469,8 +476,7 @@ def store_video(group: zarr.Group, video_id: int, flows: np.ndarray, encoder: Ex
     """Encode one video's (T, H, W, 2) flow in `encoder`'s threads, store it (write_video) with its per-frame
     divisors as the array's `scale` attribute; returns the seconds spent encoding and writing."""
     began = time.perf_counter()
-    rgb = encode_video(flows, encoder)
-    scales = [float(scale) for scale in encoder.map(flow_scale, flows)]  # (T,) divisors
+    rgb, scales = encode_video_scales(flows, encoder)  # (T, H, W, 3), (T,) divisors
     mid = time.perf_counter()
     write_video(group, video_id, rgb)
     group[str(video_id)].attrs["scale"] = scales

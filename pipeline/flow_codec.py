@@ -92,6 +92,11 @@ def flow_to_rgb(flow: np.ndarray) -> np.ndarray:
     Normalised per frame by the maximum radius + 1e-5; all-zero flow is white. Computed in the flow's
     float dtype (float32 in this project) exactly as the official flow_viz.flow_to_image, in blocks of rows
     (BLOCK_PIXELS) after the frame's scale."""
+    return encode_flow(flow)[0]
+
+
+def encode_flow(flow: np.ndarray) -> tuple[np.ndarray, np.floating]:
+    """flow_to_rgb's (H, W, 3) uint8 colours of (H, W, 2) flow and the divisor it used (flow_scale)."""
     if flow.ndim != 3 or flow.shape[-1] != 2:
         raise ValueError(f"flow_to_rgb: expected flow of shape (H, W, 2), got {flow.shape}")
     if not np.issubdtype(flow.dtype, np.floating):
@@ -106,7 +111,7 @@ def flow_to_rgb(flow: np.ndarray) -> np.ndarray:
         v = flow[top:top + rows, :, 1] / scale
         rad = np.sqrt(np.square(u) + np.square(v))
         out[top:top + rows] = _colors(_hue_index(u, v), rad)
-    return out
+    return out, scale
 
 
 def _segment_tables() -> list[tuple[int, int, int, np.ndarray, np.ndarray]]:
