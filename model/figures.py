@@ -46,7 +46,7 @@ from model.coco_eval import annotation_mask  # noqa: E402
 from model.evaluate import EvalFrames, EvaluateParams, load_trained, pad_batch  # noqa: E402
 from model.network import TwoStreamCondInst  # noqa: E402
 from model.predict import blend_masks  # noqa: E402
-from model.tables import ROW_LABELS, _fmt, _span, backbone_label  # noqa: E402
+from model.tables import ROW_LABELS, ap_cell, interval_text, backbone_label  # noqa: E402
 from model.train import record_has_values  # noqa: E402
 from pipeline.flow import file_sha256  # noqa: E402
 from pipeline.io import write_bytes_atomic  # noqa: E402
@@ -242,8 +242,8 @@ def flow_axis_markdown(points: list[FlowAxisPoint], experiment: str, baseline: s
         for total, cells_of in ((p.mask_ap, p.subsets), (p.baseline_ap, p.baseline_subsets))[:len(who)]:
             for subset in FLOW_AXIS_SUBSETS:
                 cell = cells_of.get(subset)
-                cells.append(f"{_fmt(cell[0])}{_span(cell[1], cell[2])}" if cell
-                             else _fmt(total) if subset == "all" else "–")
+                cells.append(f"{ap_cell(cell[0])}{interval_text(cell[1], cell[2])}" if cell
+                             else ap_cell(total) if subset == "all" else "–")
         name = "gt (oracle)" if p.estimator == "gt" else p.estimator
         lines.append(f"| {name} | {p.epe:.3f} | {100 * p.outliers:.1f} % | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

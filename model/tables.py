@@ -75,12 +75,12 @@ TABLES = {
 }
 
 
-def _fmt(value: float | None) -> str:
+def ap_cell(value: float | None) -> str:
     """One AP cell: one decimal, or an en dash where there is no number."""
     return "–" if value is None else f"{value:.1f}"
 
 
-def _span(low: float | None, high: float | None, sign: str = "") -> str:
+def interval_text(low: float | None, high: float | None, sign: str = "") -> str:
     """' [low, high]' of a bootstrap interval (one decimal, `sign` '+' to show it), empty when there is none."""
     return "" if low is None or high is None else f" [{low:{sign}.1f}, {high:{sign}.1f}]"
 
@@ -117,8 +117,8 @@ def to_markdown(title: str, rows: list[dict[str, Any]], columns: tuple[tuple[str
     lines = [f"# {title}", "", note, "", "| | experiment | backbone | " + " | ".join(heads) + " |",
              "|---|---|---|" + "---:|" * len(heads)]
     for row in rows:
-        cells = [f"{_fmt(row[f'ours {t} {m}'])}{_span(row[f'ours {t} {m} low'], row[f'ours {t} {m} high'])} "
-                 f"({_fmt(row[f'paper {t} {m}'])})" for t, m in columns]
+        cells = [f"{ap_cell(row[f'ours {t} {m}'])}{interval_text(row[f'ours {t} {m} low'], row[f'ours {t} {m} high'])} "
+                 f"({ap_cell(row[f'paper {t} {m}'])})" for t, m in columns]
         lines.append(f"| {row['row']} | {row['experiment'] or '–'} | {row['backbone'] or '–'} | "
                      + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
@@ -142,7 +142,7 @@ def per_class_table(runs_by_name: dict[str, dict[str, Any]]) -> tuple[str, str]:
     md = ["# Per-class mask AP of our runs", "",
           "The paper's per-class numbers are not part of the method specification, so this table has no paper "
           "column.", "", "| class | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
-    md += [f"| {r['class']} | " + " | ".join(_fmt(r[n]) for n in names) + " |" for r in rows]
+    md += [f"| {r['class']} | " + " | ".join(ap_cell(r[n]) for n in names) + " |" for r in rows]
     return "\n".join(md) + "\n", to_csv(rows) if rows else "class\n"
 
 
@@ -205,7 +205,7 @@ def subsets_markdown(rows: list[dict[str, Any]], level: float | None) -> str:
                 for who in ("boxinst", "ours", "ours - boxinst"):
                     value, low, high = (r[f"{who} {t} AP{s}"] for s in ("", " low", " high"))
                     sign = "+" if who == "ours - boxinst" else ""
-                    cell = ("–" if value is None else f"{value:{sign}.1f}") + _span(low, high, sign)
+                    cell = ("–" if value is None else f"{value:{sign}.1f}") + interval_text(low, high, sign)
                     excludes_zero = sign and low is not None and (low > 0 or high < 0)
                     cells.append(f"**{cell}**" if excludes_zero else cell)
             lines.append(f"| {r['subset']} | {r['objects']} | " + " | ".join(cells) + " |")
