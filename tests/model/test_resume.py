@@ -1,5 +1,6 @@
 """Kill the trainer mid-run and rerun it: it resumes and ends with the weights of an uninterrupted run; a
-truncated newest checkpoint makes the rerun fall back to the previous one, with the same end result."""
+truncated newest checkpoint makes the rerun fall back to the previous one, with the same end result. A run that
+fails on a damaged input leaves no final.pt, only the checkpoints written before the failure."""
 
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import BAD_ROW, damaged_copy
+from model.data import FrameDataset, grouped_batches
 from model.train import TrainParams, find_resume, run_key, save_checkpoint
 from pipeline.identity import input_identity
 from pipeline.io import params_from_json
@@ -30,9 +33,9 @@ def params() -> TrainParams:
     return params_from_json(TrainParams, json.dumps(train), "train")
 
 
-def command(data: dict, out: Path) -> list[str]:
+def command(data: dict, out: Path, train_params: TrainParams | None = None) -> list[str]:
     """`python -m model.train` (one process, no torchrun) on the tiny data, tiny model and schedule."""
-    train = dataclasses.asdict(params())
+    train = dataclasses.asdict(train_params or params())
     return [sys.executable, "-m", "model.train", "--model-params", (HERE / "tiny_model.json").read_text(),
             "--train-params", json.dumps(train), "--index", str(data["index"]), "--frames", str(data["frames"]),
             "--flow", str(data["flow"]), "--affinity", str(data["affinity"]), "--out", str(out),
@@ -101,3 +104,26 @@ def test_a_shortened_run_resumes_from_a_checkpoint_within_its_iterations(tmp_pat
     assert path.name == "ckpt_00000004.pt" and torch.equal(state["weight"], torch.full((2,), 4.0))
     assert find_resume(tmp_path, 4)[1]["step"] == 4
     assert find_resume(tmp_path, 1) is None
+
+
+def test_a_run_failing_on_a_damaged_input_leaves_no_final_model(tiny_data: dict, tmp_path: Path) -> None:
+    """A flow chunk damaged at BAD_ROW, drawn at iteration k > 0 (checkpoint every step): the run exits non-zero
+    with the store, video and frame in its log, writes no final.pt and keeps only checkpoints of steps ≤ k."""
+    paths, expected = damaged_copy(tiny_data, tmp_path, "flow_corrupt_chunk")
+    base = params()
+    groups = FrameDataset(paths["index"], paths["frames"], paths["flow"], paths["affinity"], (64,), 128, 0.0,
+                          load_flow=True, load_flow_pairs=True).aspect_groups
+    for seed in range(100):  # a seed whose batches first draw the row after iteration 0
+        stream = grouped_batches(groups, base.batch_size, seed)
+        first_bad = next(i for i in range(1000) if BAD_ROW in next(stream))
+        if first_bad > 0:
+            break
+    train = dataclasses.replace(base, seed=seed, iters=first_bad + 3, checkpoint_every=1, steps=[first_bad + 2])
+    out = tmp_path / "run"
+    done = subprocess.run(command(paths, out, train), cwd=REPO, env=dict(os.environ, OMP_NUM_THREADS="1"),
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0
+    assert expected in done.stderr, done.stderr[-3000:]
+    assert not (out / "final.pt").exists()
+    steps = sorted(int(p.stem.removeprefix("ckpt_")) for p in out.glob("checkpoints/*/ckpt_*.pt"))
+    assert steps and max(steps) <= first_bad, steps
