@@ -1,13 +1,25 @@
 """Bootstrap intervals of COCO AP over videos: resample videos with replacement, re-accumulate, take percentiles.
 
 Frames of one video are not independent samples, so the unit of resampling is the video. COCOeval's
-per-image matching (`evalImgs`, the expensive part) is computed once; a resample only re-runs COCOeval's own
-`accumulate` on the resampled set. To keep that fast on YouTube-VIS (10 796 frames, 391 videos), each
-video's per-image entries are first merged into one entry per (class, area range, video): `accumulate` only
-concatenates its entries' score, match and ignore arrays before sorting by score, so a merged entry gives the
-same arrays as its frames in order, and a resample with a video drawn twice holds its merged entry twice.
-Per-image truncation to the max-dets limit already happened in `evaluate`; the resampled accumulate runs
-with one unlimited max-dets value so it does not truncate a merged entry again.
+per-image matching (`evalImgs`, the expensive part) is computed once; each resample re-runs only COCOeval's
+`accumulate`, here vectorised over all resamples at once instead of pycocotools' Python loops.
+
+A resample that draws video v w_v times holds, for each (class, area range), v's detections and ground
+truth w_v times. Its precision/recall curve is therefore that of all evaluated detections, ranked once by
+score as `accumulate` ranks them (`np.argsort(-scores, kind="mergesort")` over the images in image id order),
+each detection counted w_v times: the true and false positive counts are cumulative sums of the draw counts,
+and the non-ignored ground truth is npig = sum_v w_v npig_v. From them precision and recall are COCO's (recall
+tp / npig, precision tp / (tp + fp + eps), the precision envelope read at the first rank whose recall reaches
+each of the 101 recall thresholds, 0 past the last recall, -1 where npig is 0). The envelope and the recall
+crossings lie at true positives (a false positive or ignored detection lowers or keeps the precision and
+keeps the recall), so only the ranks of true positives are evaluated. Per-image truncation to the max-dets
+limit already happened in `evaluate`; the resampled accumulate does not truncate again.
+
+Ties: a detection drawn w_v times takes w_v consecutive ranks, and detections of equal score keep
+`accumulate`'s order on the whole set (image id, then rank within the image). A replicate is thus a function
+of the draw counts only, and the identity draw gives `accumulate`'s own numbers; pycocotools run on the drawn
+videos concatenated in draw order can order two equal scores of different videos otherwise (and then give a
+different value), since its order of equal scores follows the order of the draws.
 
 The draws depend only on the number of videos and the seed, so two experiments evaluated on the same
 videos get the same resamples: their replicate APs pair up for an interval of the difference.
@@ -15,61 +27,107 @@ videos get the same resamples: their replicate APs pair up for an interval of th
 
 from __future__ import annotations
 
-import contextlib
-import copy
-import io
-import sys
 from collections.abc import Sequence
-from typing import Any
+from dataclasses import dataclass
 
 import numpy as np
 from pycocotools.cocoeval import COCOeval
 
 from model.coco_eval import STAT_NAMES, precision_stats
 
-Entry = dict[str, Any] | None  # one evalImgs entry: dtScores (D,), dtMatches (T, D), dtIgnore (T, D), gtIgnore (G,)
+CHUNK_ELEMENTS = 1 << 22  # floats in one working array: resamples are processed in chunks of this size
 
 
-def _merge(entries: list[dict[str, Any]]) -> Entry:
-    """One evalImgs entry holding `entries` in order, with the fields `accumulate` reads; None if empty."""
-    if not entries:
-        return None
-    return {"dtScores": np.concatenate([e["dtScores"] for e in entries]),
-            "dtMatches": np.concatenate([e["dtMatches"] for e in entries], axis=1),
-            "dtIgnore": np.concatenate([e["dtIgnore"] for e in entries], axis=1),
-            "gtIgnore": np.concatenate([e["gtIgnore"] for e in entries])}
+@dataclass(frozen=True)
+class Ranking:
+    """The detections of one (class, area range) over every evaluated image, ranked by score as `accumulate`
+    ranks them, reduced to what a resample needs: per IoU threshold, the video of each true and each false
+    positive in rank order and, per true positive, the false positives ranked above it."""
+
+    tp_video: list[np.ndarray]  # per IoU threshold: (P,) video position of each true positive
+    fp_video: list[np.ndarray]  # per IoU threshold: (F,) video position of each false positive
+    fp_above: list[np.ndarray]  # per IoU threshold: (P,) false positives ranked above each true positive
+    gt_per_video: np.ndarray  # (V,) non-ignored ground truth of each video
 
 
-def video_entries(ev: COCOeval, video_of_image: dict[int, int], videos: Sequence[int]) -> list[list[Entry]]:
-    """Per (class, area range) in evalImgs order, the merged entry of each of `videos` (its frames in image
-    id order). Every evaluated image must belong to one of `videos`."""
-    image_ids = ev._paramsEval.imgIds
+def rankings(ev: COCOeval, video_of_image: dict[int, int], videos: Sequence[int]) -> list[list[Ranking]]:
+    """The Ranking of each class (outer list) and area range (inner list) of an evaluated COCOeval. Every
+    evaluated image must belong to one of `videos`."""
+    image_ids, area_ranges = ev._paramsEval.imgIds, ev._paramsEval.areaRng
     position = {v: j for j, v in enumerate(videos)}
     missing = sorted({i for i in image_ids if video_of_image.get(i) not in position})
     if missing:
         raise KeyError(f"images {missing[:10]} belong to none of the {len(videos)} resampled videos")
-    n = len(image_ids)
-    out = []
-    for start in range(0, len(ev.evalImgs), n):
-        per_video: list[list[dict[str, Any]]] = [[] for _ in videos]
-        for image_id, entry in zip(image_ids, ev.evalImgs[start:start + n]):
-            if entry is not None:
-                per_video[position[video_of_image[image_id]]].append(entry)
-        out.append([_merge(entries) for entries in per_video])
-    return out
+    image_video = [position[video_of_image[i]] for i in image_ids]
+    n, num_thresholds = len(image_ids), len(ev._paramsEval.iouThrs)
+    flat = []
+    for start in range(0, len(ev.evalImgs), n):  # evalImgs: class-major, then area range, then image
+        kept = [(image_video[j], e) for j, e in enumerate(ev.evalImgs[start:start + n]) if e is not None]
+        gt_per_video = np.zeros(len(videos), int)
+        for v, e in kept:
+            gt_per_video[v] += np.count_nonzero(e["gtIgnore"] == 0)
+        if not any(len(e["dtScores"]) for _, e in kept):
+            none = [np.zeros(0, int)] * num_thresholds
+            flat.append(Ranking(none, none, none, gt_per_video))
+            continue
+        order = np.argsort(-np.concatenate([e["dtScores"] for _, e in kept]), kind="mergesort")  # ties: image order
+        video = np.concatenate([np.full(len(e["dtScores"]), v) for v, e in kept])[order]  # (D,)
+        matched = np.concatenate([e["dtMatches"] for _, e in kept], axis=1)[:, order] != 0  # (T, D)
+        ignored = np.concatenate([e["dtIgnore"] for _, e in kept], axis=1)[:, order].astype(bool)  # (T, D)
+        tps, fps = matched & ~ignored, ~matched & ~ignored
+        flat.append(Ranking(tp_video=[video[t] for t in tps], fp_video=[video[f] for f in fps],
+                            fp_above=[np.cumsum(f)[t] for t, f in zip(tps, fps)], gt_per_video=gt_per_video))
+    return [flat[k:k + len(area_ranges)] for k in range(0, len(flat), len(area_ranges))]
 
 
-def resampled_precision(ev: COCOeval, entries: list[list[Entry]], sample: np.ndarray) -> np.ndarray:
-    """COCOeval.accumulate on the videos at positions `sample` (repeats allowed): precision (T, R, K, A)."""
-    params = copy.copy(ev._paramsEval)
-    params.imgIds = list(range(len(sample)))  # one pseudo-image per drawn video
-    params.maxDets = [sys.maxsize]  # each frame was cut to maxDets[-1] in evaluate; do not cut a video
-    boot = copy.copy(ev)
-    boot.params, boot._paramsEval = params, params
-    boot.evalImgs = [per_video[j] for per_video in entries for j in sample]
-    with contextlib.redirect_stdout(io.StringIO()):
-        boot.accumulate()
-    return boot.eval["precision"][..., 0]
+def _fewest_true_positives(npig: np.ndarray, recall_thresholds: np.ndarray) -> np.ndarray:
+    """(C, R): per resample with npig (C,) > 0 ground truth, the fewest true positives m whose recall m / npig,
+    computed as COCO computes it, reaches each recall threshold."""
+    values, inverse = np.unique(npig, return_inverse=True)
+    table = np.stack([np.searchsorted(np.arange(n + 1) / n, recall_thresholds, side="left") for n in values])
+    return table[inverse.ravel()]
+
+
+def _interpolated(tp: np.ndarray, fp: np.ndarray, needed: np.ndarray) -> np.ndarray:
+    """COCO's interpolated precision (C, R) of C resamples from their weighted true and false positive counts
+    (C, P) at each true positive's rank and the true positives (C, R) each recall threshold needs."""
+    chunk, ranks = tp.shape
+    if ranks == 0:
+        return np.zeros(needed.shape)
+    precision = tp / (fp + tp + np.spacing(1))
+    envelope = np.maximum.accumulate(precision[:, ::-1], axis=1)[:, ::-1]  # best precision at this rank or deeper
+    # the first rank holding `needed` true positives, one searchsorted over the rows laid end to end: counts
+    # are whole numbers, so shifting row c by c * (largest count + 1) keeps the rows apart exactly
+    shift = (np.arange(chunk) * (max(tp[:, -1].max(), needed.max()) + 1))[:, None]
+    first = np.searchsorted((tp + shift).ravel(), needed + shift) - np.arange(chunk)[:, None] * ranks  # (C, R)
+    reached = first < ranks  # else the recall threshold lies past the last recall: precision 0
+    return np.where(reached, np.take_along_axis(envelope, np.minimum(first, ranks - 1), axis=1), 0.0)
+
+
+def resampled_precision(ranked: list[list[Ranking]], counts: np.ndarray, recall_thresholds: np.ndarray) -> np.ndarray:
+    """COCOeval.accumulate's precision (C, T, R, K, A) of C resamples given as draw counts (C, V) per video, -1
+    where a class has no ground truth in the area range."""
+    num_thresholds = len(ranked[0][0].tp_video)
+    precision = -np.ones((len(counts), num_thresholds, len(recall_thresholds), len(ranked), len(ranked[0])))
+    for k, per_area in enumerate(ranked):
+        for a, ranking in enumerate(per_area):
+            npig = counts @ ranking.gt_per_video  # (C,)
+            rows = np.flatnonzero(npig > 0)
+            if not rows.size:
+                continue
+            weights = counts[rows].astype(float)  # (C', V) each video's draw count
+            needed = _fewest_true_positives(npig[rows], recall_thresholds)
+            for t in range(num_thresholds):
+                tp = np.cumsum(weights[:, ranking.tp_video[t]], axis=1)  # (C', P) at each true positive
+                fp = np.cumsum(weights[:, ranking.fp_video[t]], axis=1)  # (C', F) at each false positive
+                fp = np.concatenate([np.zeros((len(rows), 1)), fp], axis=1)[:, ranking.fp_above[t]]  # (C', P)
+                precision[rows, t, :, k, a] = _interpolated(tp, fp, needed)
+    return precision
+
+
+def draw_counts(samples: np.ndarray, num_videos: int) -> np.ndarray:
+    """(resamples, num_videos): how often each resample (a row of video positions) draws each video."""
+    return np.stack([np.bincount(sample, minlength=num_videos) for sample in samples])
 
 
 def draws(num_videos: int, resamples: int, seed: int) -> np.ndarray:
@@ -80,9 +138,16 @@ def draws(num_videos: int, resamples: int, seed: int) -> np.ndarray:
 def replicates(ev: COCOeval, video_of_image: dict[int, int], videos: Sequence[int],
                samples: np.ndarray) -> dict[str, list[float | None]]:
     """Per COCO stat name, its value on each resample of `samples` (rows of video positions)."""
-    entries = video_entries(ev, video_of_image, videos)
-    thresholds = ev._paramsEval.iouThrs
-    rows = [precision_stats(resampled_precision(ev, entries, sample), thresholds) for sample in samples]
+    ranked = rankings(ev, video_of_image, videos)
+    params = ev._paramsEval
+    cells = len(params.iouThrs) * len(params.recThrs) * len(ranked) * len(params.areaRng)  # precision per resample
+    widest = max([1] + [len(v) for per_area in ranked for r in per_area for v in r.tp_video + r.fp_video])
+    chunk = max(1, CHUNK_ELEMENTS // max(cells, widest))
+    counts = draw_counts(samples, len(videos))
+    rows = []
+    for start in range(0, len(counts), chunk):
+        precision = resampled_precision(ranked, counts[start:start + chunk], params.recThrs)
+        rows += [precision_stats(p, params.iouThrs) for p in precision]
     return {name: [row[name] for row in rows] for name in STAT_NAMES}
 
 

@@ -1,8 +1,8 @@
 """COCO AP with pycocotools (or faster-coco-eval): results lists in, the paper's metric names out (method §6).
 
 `evaluated` runs COCOeval's per-image matching (evalImgs) once; `precision_stats` reads the six AP numbers
-off an accumulated precision array, as COCOeval.summarize does, so that model.bootstrap can re-run only
-`accumulate` on resampled images and read the same numbers.
+off an accumulated precision array, as COCOeval.summarize does, so that model.bootstrap can read the same
+numbers off the precision it accumulates for resampled videos from those matches.
 
 The `faster-coco-eval` backend (C++ matching and accumulation, config evaluate.coco_backend) gives the same
 numbers as pycocotools on the project's cases up to float summation order (≤ 1e-9 %,

@@ -90,7 +90,7 @@ def subset_metrics(gt: dict[str, Any], results: list[dict[str, Any]], subsets: d
                    params: SubsetParams) -> tuple[dict[str, Any], dict[str, float]]:
     """Per subset and IoU type, each COCO stat's value, bootstrap interval and replicates (draws over the
     videos of `gt`, shared by every subset and experiment); and the seconds spent matching (COCOeval
-    evaluate, once per subset and IoU type) and resampling (all re-accumulations)."""
+    evaluate and the point estimate, once per subset and IoU type) and resampling (the replicates)."""
     video_of_image = {img["id"]: img["video_id"] for img in gt["images"]}
     videos = sorted(set(video_of_image.values()))
     samples = draws(len(videos), params.resamples, params.seed)
@@ -155,7 +155,7 @@ def main(argv: list[str] | None = None) -> None:
     if "segm" not in iou_types(gt):
         out["note"] = NO_MASKS
     write_json_atomic(args.out, out, indent=None)
-    log.info("%s: %s; COCOeval matching %.1f s, %d x %d re-accumulations %.1f s", out["experiment"],
+    log.info("%s: %s; COCOeval matching %.1f s, bootstrap of %d resamples x %d evaluations %.1f s", out["experiment"],
              ", ".join(f"{n} mask AP {s['segm']['AP']['value']}" for n, s in out["subsets"].items()),
              seconds["evaluate"], params.resamples, 2 * len(subsets), seconds["resample"])
 

@@ -11,7 +11,10 @@ import cv2
 import numpy as np
 import pycocotools.mask as mask_utils
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from model import bootstrap
 from model.bootstrap import draws, interval, paired_difference, replicates
 from model.coco_eval import STAT_NAMES, accumulated_stats, evaluate_results, evaluated, load_coco
 from model.figures import main as figures_main
@@ -158,6 +161,109 @@ def test_each_replicate_equals_cocoeval_on_the_resampled_videos(iou_type: str) -
         copied_gt, copied_dets = _copied_videos(subset_gt(gt, keep), dets, sample)
         direct = accumulated_stats(evaluated(load_coco(copied_gt), copied_dets, iou_type))
         assert {s: reps[s][row] for s in STAT_NAMES} == pytest.approx(direct), sample
+
+
+def _box(image_id: int, category_id: int, box: list[float], **fields) -> dict:
+    """A box annotation (area = w * h, iscrowd 0 unless given) or, with a `score`, a box detection."""
+    return {"image_id": image_id, "category_id": category_id, "bbox": box, "area": box[2] * box[3],
+            "iscrowd": 0} | fields
+
+
+def _box_scene(frames: list[tuple[int, list[dict], list[dict]]]) -> tuple[dict, list[dict]]:
+    """Ground truth and detections of 128x128 frames given as (video, annotations, detections) in image id
+    order (image ids 1, 2, ...); annotations get ids 1, 2, ..."""
+    images, anns, dets = [], [], []
+    for image_id, (video, frame_anns, frame_dets) in enumerate(frames, 1):
+        images.append({"id": image_id, "video_id": video, "height": 128, "width": 128})
+        anns += [dict(a, image_id=image_id, id=len(anns) + k + 1) for k, a in enumerate(frame_anns)]
+        dets += [dict(d, image_id=image_id) for d in frame_dets]
+    return {"images": images, "annotations": anns, "categories": [{"id": 1, "name": "one"}, {"id": 2, "name": "two"}]}, dets
+
+
+def _replicates_and_direct(gt: dict, dets: list[dict], samples: np.ndarray) -> tuple[list[dict], list[dict]]:
+    """Per draw, the bootstrap's replicate stats and COCOeval's stats on the drawn videos copied (box AP)."""
+    video_of_image = {img["id"]: img["video_id"] for img in gt["images"]}
+    reps = replicates(evaluated(load_coco(gt), dets, "bbox"), video_of_image, sorted(set(video_of_image.values())),
+                      samples)
+    direct = [accumulated_stats(evaluated(load_coco(g), d, "bbox")) for g, d in
+              (_copied_videos(gt, dets, sample) for sample in samples)]
+    return [{s: reps[s][row] for s in STAT_NAMES} for row in range(len(samples))], direct
+
+
+def test_replicates_equal_cocoeval_on_drawn_videos_by_hand(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Hand-built boxes: a crowd (ignored ground truth) absorbing a detection, objects and detections of every
+    area range (the other ranges ignore them), a detection that matches only at low IoU, class 2 absent from
+    video 1 and class 1 from video 3 (no ground truth: -1, None). Every draw, repeats included, gives exactly
+    COCOeval's numbers on the drawn videos copied; in chunks of one resample too. Video 3 drawn three times,
+    by hand: class 2 only, false positive (0.25) above true positive (0.15) three times over, precision
+    1/4, 2/5, 3/6 at recalls 1/3, 2/3, 1: 0.5 everywhere, AP 50."""
+    gt, dets = _box_scene([
+        (1, [_box(0, 1, [10, 10, 40, 40]), _box(0, 1, [60, 60, 60, 60], iscrowd=1)],
+         [_box(0, 1, [11, 10, 40, 40], score=0.95), _box(0, 1, [70, 70, 30, 30], score=0.85),
+          _box(0, 1, [10, 90, 20, 20], score=0.55)]),
+        (1, [_box(0, 1, [5, 5, 20, 20])], [_box(0, 1, [9, 7, 20, 20], score=0.75)]),  # IoU 0.52
+        (2, [_box(0, 1, [10, 10, 100, 100]), _box(0, 2, [0, 0, 40, 40])],
+         [_box(0, 1, [10, 10, 100, 100], score=0.65), _box(0, 2, [2, 0, 40, 40], score=0.45)]),
+        (2, [_box(0, 2, [50, 50, 16, 16])], [_box(0, 2, [51, 51, 16, 16], score=0.35)]),
+        (3, [_box(0, 2, [20, 20, 50, 50])], [_box(0, 2, [50, 50, 50, 50], score=0.25),
+                                             _box(0, 2, [20, 20, 50, 50], score=0.15)]),
+    ])
+    samples = np.concatenate([[[0, 0, 0], [1, 1, 1], [2, 2, 2], [0, 1, 2], [2, 0, 0], [1, 2, 2], [0, 2, 1]],
+                              draws(3, 6, seed=1)])
+    reps, direct = _replicates_and_direct(gt, dets, samples)
+    assert reps == direct
+    assert reps[2]["AP"] == 50.0 and reps[2]["AP"] != reps[0]["AP"]
+    assert any(r[s] is None for r in reps for s in STAT_NAMES)  # an area range without ground truth in a draw
+    monkeypatch.setattr(bootstrap, "CHUNK_ELEMENTS", 1)  # one resample at a time
+    assert _replicates_and_direct(gt, dets, samples)[0] == reps
+
+
+@st.composite
+def _random_box_scenes(draw: st.DrawFn) -> tuple[dict, list[dict], np.ndarray]:
+    """2-4 videos of 1-2 frames, each with 0-3 objects of two classes and every area range (some crowds), a
+    detection near most objects and some false positives, all scores distinct; and 3 draws of the videos."""
+    frames = []
+    for video in range(1, draw(st.integers(2, 4)) + 1):
+        for _ in range(draw(st.integers(1, 2))):
+            anns, dets = [], []
+            for _ in range(draw(st.integers(0, 3))):
+                x, y, w, h = (draw(st.integers(0, 60)), draw(st.integers(0, 60)), draw(st.integers(4, 68)),
+                              draw(st.integers(4, 68)))
+                category = draw(st.integers(1, 2))
+                anns.append(_box(0, category, [x, y, w, h], iscrowd=int(draw(st.integers(0, 4)) == 0)))
+                for _ in range(draw(st.integers(0, 2))):  # detections near it, from exact to far off
+                    dx, dy = draw(st.integers(-8, 8)), draw(st.integers(-8, 8))
+                    dets.append(_box(0, category, [x + dx, y + dy, w, h], score=0.0))
+            dets += [_box(0, draw(st.integers(1, 2)), [draw(st.integers(0, 100)), draw(st.integers(0, 100)), 24, 24],
+                          score=0.0) for _ in range(draw(st.integers(0, 2)))]
+            frames.append((video, anns, dets))
+    gt, dets = _box_scene(frames)
+    for d, rank in zip(dets, draw(st.permutations(range(len(dets))))):
+        d["score"] = (rank + 1) / (len(dets) + 1)
+    return gt, dets, draws(len({f[0] for f in frames}), 3, seed=draw(st.integers(0, 2**16)))
+
+
+@settings(max_examples=40, deadline=None)
+@given(_random_box_scenes())
+def test_replicates_equal_cocoeval_on_drawn_videos_random(case: tuple[dict, list[dict], np.ndarray]) -> None:
+    """Random box scenes with distinct scores: every draw gives exactly COCOeval's numbers on the drawn videos
+    copied."""
+    reps, direct = _replicates_and_direct(*case)
+    assert reps == direct
+
+
+def test_equal_scores_keep_the_order_of_the_whole_set() -> None:
+    """Video 1's true positive and video 2's false positive share score 0.5 (video 2 has no ground truth).
+    Ranked as on the whole set (image 1 first), each detection repeated as often as its video is drawn, the
+    true positive leads: precision 1 at recall 1, AP 100, whether the draw lists video 2 or video 1 first; the
+    identity draw is COCOeval's own result. COCOeval on the videos concatenated in draw order ranks equal scores
+    by draw instead: draw (2, 1) puts the false positive first, precision 1/2 at recall 1, AP 50."""
+    gt, dets = _box_scene([(1, [_box(0, 1, [10, 10, 40, 40])], [_box(0, 1, [10, 10, 40, 40], score=0.5)]),
+                           (2, [], [_box(0, 1, [60, 60, 40, 40], score=0.5)])])
+    reps, direct = _replicates_and_direct(gt, dets, np.array([[1, 0], [0, 1]]))
+    assert [r["AP"] for r in reps] == pytest.approx([100.0, 100.0])  # precision 1 / (1 + eps)
+    assert [d["AP"] for d in direct] == pytest.approx([50.0, 100.0])
+    assert reps[1] == accumulated_stats(evaluated(load_coco(gt), dets, "bbox"))
 
 
 def test_interval_contains_the_estimate_and_shrinks_with_more_videos() -> None:
