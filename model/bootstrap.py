@@ -35,18 +35,18 @@ from pycocotools.cocoeval import COCOeval
 
 from model.coco_eval import STAT_NAMES, precision_stats
 
-CHUNK_ELEMENTS = 1 << 22  # floats in one working array: resamples are processed in chunks of this size
+CHUNK_ELEMENTS = 1 << 24  # floats in a chunk's precision array (128 MB): resamples are processed in chunks
 
 
 @dataclass(frozen=True)
 class Ranking:
     """The detections of one (class, area range) over every evaluated image, ranked by score as `accumulate`
     ranks them, reduced to what a resample needs: per IoU threshold, the video of each true and each false
-    positive in rank order and, per true positive, the false positives ranked above it."""
+    positive in rank order and, per false positive, the true positives ranked above it."""
 
-    tp_video: list[np.ndarray]  # per IoU threshold: (P,) video position of each true positive
-    fp_video: list[np.ndarray]  # per IoU threshold: (F,) video position of each false positive
-    fp_above: list[np.ndarray]  # per IoU threshold: (P,) false positives ranked above each true positive
+    tp_video: list[np.ndarray]  # per IoU threshold: (P,) int32 video position of each true positive
+    fp_video: list[np.ndarray]  # per IoU threshold: (F,) int32 video position of each false positive
+    fp_tp_above: list[np.ndarray]  # per IoU threshold: (F,) int32 true positives ranked above each false positive
     gt_per_video: np.ndarray  # (V,) non-ignored ground truth of each video
 
 
@@ -67,16 +67,17 @@ def rankings(ev: COCOeval, video_of_image: dict[int, int], videos: Sequence[int]
         for v, e in kept:
             gt_per_video[v] += np.count_nonzero(e["gtIgnore"] == 0)
         if not any(len(e["dtScores"]) for _, e in kept):
-            none = [np.zeros(0, int)] * num_thresholds
+            none = [np.zeros(0, np.int32)] * num_thresholds
             flat.append(Ranking(none, none, none, gt_per_video))
             continue
         order = np.argsort(-np.concatenate([e["dtScores"] for _, e in kept]), kind="mergesort")  # ties: image order
-        video = np.concatenate([np.full(len(e["dtScores"]), v) for v, e in kept])[order]  # (D,)
+        video = np.concatenate([np.full(len(e["dtScores"]), v, np.int32) for v, e in kept])[order]  # (D,)
         matched = np.concatenate([e["dtMatches"] for _, e in kept], axis=1)[:, order] != 0  # (T, D)
         ignored = np.concatenate([e["dtIgnore"] for _, e in kept], axis=1)[:, order].astype(bool)  # (T, D)
         tps, fps = matched & ~ignored, ~matched & ~ignored
         flat.append(Ranking(tp_video=[video[t] for t in tps], fp_video=[video[f] for f in fps],
-                            fp_above=[np.cumsum(f)[t] for t, f in zip(tps, fps)], gt_per_video=gt_per_video))
+                            fp_tp_above=[np.cumsum(t, dtype=np.int32)[f] for t, f in zip(tps, fps)],
+                            gt_per_video=gt_per_video))
     return [flat[k:k + len(area_ranges)] for k in range(0, len(flat), len(area_ranges))]
 
 
@@ -104,10 +105,20 @@ def _interpolated(tp: np.ndarray, fp: np.ndarray, needed: np.ndarray) -> np.ndar
     return np.where(reached, np.take_along_axis(envelope, np.minimum(first, ranks - 1), axis=1), 0.0)
 
 
+def _fp_between(ranking: Ranking, t: int, num_videos: int) -> np.ndarray:
+    """(V, P) at IoU threshold `t`: per video, its false positives ranked above true positive j but below true
+    positive j - 1 (above the first: none before it)."""
+    num_tp = len(ranking.tp_video[t])
+    cell = np.ravel_multi_index((ranking.fp_video[t], ranking.fp_tp_above[t]), (num_videos, num_tp + 1))
+    hits = np.bincount(cell, minlength=num_videos * (num_tp + 1)).reshape(num_videos, num_tp + 1)
+    return hits[:, :-1].astype(float)  # the last column: below every true positive, above none
+
+
 def resampled_precision(ranked: list[list[Ranking]], counts: np.ndarray, recall_thresholds: np.ndarray) -> np.ndarray:
     """COCOeval.accumulate's precision (C, T, R, K, A) of C resamples given as draw counts (C, V) per video, -1
     where a class has no ground truth in the area range."""
     num_thresholds = len(ranked[0][0].tp_video)
+    num_videos = counts.shape[1]
     precision = -np.ones((len(counts), num_thresholds, len(recall_thresholds), len(ranked), len(ranked[0])))
     for k, per_area in enumerate(ranked):
         for a, ranking in enumerate(per_area):
@@ -118,9 +129,12 @@ def resampled_precision(ranked: list[list[Ranking]], counts: np.ndarray, recall_
             weights = counts[rows].astype(float)  # (C', V) each video's draw count
             needed = _fewest_true_positives(npig[rows], recall_thresholds)
             for t in range(num_thresholds):
-                tp = np.cumsum(weights[:, ranking.tp_video[t]], axis=1)  # (C', P) at each true positive
-                fp = np.cumsum(weights[:, ranking.fp_video[t]], axis=1)  # (C', F) at each false positive
-                fp = np.concatenate([np.zeros((len(rows), 1)), fp], axis=1)[:, ranking.fp_above[t]]  # (C', P)
+                tp_video = ranking.tp_video[t]
+                if not len(tp_video):
+                    precision[rows, t, :, k, a] = 0.0
+                    continue
+                tp = np.cumsum(weights[:, tp_video], axis=1)  # (C', P) at each true positive
+                fp = np.cumsum(weights @ _fp_between(ranking, t, num_videos), axis=1)  # (C', P) above each
                 precision[rows, t, :, k, a] = _interpolated(tp, fp, needed)
     return precision
 
@@ -141,7 +155,7 @@ def replicates(ev: COCOeval, video_of_image: dict[int, int], videos: Sequence[in
     ranked = rankings(ev, video_of_image, videos)
     params = ev._paramsEval
     cells = len(params.iouThrs) * len(params.recThrs) * len(ranked) * len(params.areaRng)  # precision per resample
-    widest = max([1] + [len(v) for per_area in ranked for r in per_area for v in r.tp_video + r.fp_video])
+    widest = max([1] + [len(v) for per_area in ranked for r in per_area for v in r.tp_video])  # (C, P) arrays
     chunk = max(1, CHUNK_ELEMENTS // max(cells, widest))
     counts = draw_counts(samples, len(videos))
     rows = []
