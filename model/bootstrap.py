@@ -1,8 +1,8 @@
 """Bootstrap intervals of COCO AP over videos: resample videos with replacement, re-accumulate, take percentiles.
 
 Frames of one video are not independent samples, so the unit of resampling is the video. COCOeval's
-per-image matching (`evalImgs`, the expensive part) is computed once; each resample re-runs only COCOeval's
-`accumulate`, here vectorised over all resamples at once instead of pycocotools' Python loops.
+per-image matching (`evalImgs`) is computed once; a resample only re-does COCOeval's `accumulate`, here for
+all resamples at once in numpy instead of pycocotools' Python loops once per resample.
 
 A resample that draws video v w_v times holds, for each (class, area range), v's detections and ground
 truth w_v times. Its precision/recall curve is therefore that of all evaluated detections, ranked once by
@@ -11,9 +11,10 @@ each detection counted w_v times: the true and false positive counts are cumulat
 and the non-ignored ground truth is npig = sum_v w_v npig_v. From them precision and recall are COCO's (recall
 tp / npig, precision tp / (tp + fp + eps), the precision envelope read at the first rank whose recall reaches
 each of the 101 recall thresholds, 0 past the last recall, -1 where npig is 0). The envelope and the recall
-crossings lie at true positives (a false positive or ignored detection lowers or keeps the precision and
-keeps the recall), so only the ranks of true positives are evaluated. Per-image truncation to the max-dets
-limit already happened in `evaluate`; the resampled accumulate does not truncate again.
+crossings lie at true positives (a false positive or an ignored detection lowers or keeps the precision and
+keeps the recall), so only the ranks of true positives are evaluated; the false positives ranked above each
+are the draw counts (resamples, V) times each video's false positives above it (V, P), a matrix product. Per-image
+truncation to the max-dets limit already happened in `evaluate`; the resampled accumulate does not truncate.
 
 Ties: a detection drawn w_v times takes w_v consecutive ranks, and detections of equal score keep
 `accumulate`'s order on the whole set (image id, then rank within the image). A replicate is thus a function

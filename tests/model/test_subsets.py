@@ -177,7 +177,8 @@ def _box_scene(frames: list[tuple[int, list[dict], list[dict]]]) -> tuple[dict, 
         images.append({"id": image_id, "video_id": video, "height": 128, "width": 128})
         anns += [dict(a, image_id=image_id, id=len(anns) + k + 1) for k, a in enumerate(frame_anns)]
         dets += [dict(d, image_id=image_id) for d in frame_dets]
-    return {"images": images, "annotations": anns, "categories": [{"id": 1, "name": "one"}, {"id": 2, "name": "two"}]}, dets
+    categories = [{"id": 1, "name": "one"}, {"id": 2, "name": "two"}]
+    return {"images": images, "annotations": anns, "categories": categories}, dets
 
 
 def _replicates_and_direct(gt: dict, dets: list[dict], samples: np.ndarray) -> tuple[list[dict], list[dict]]:
@@ -192,7 +193,7 @@ def _replicates_and_direct(gt: dict, dets: list[dict], samples: np.ndarray) -> t
 
 def test_replicates_equal_cocoeval_on_drawn_videos_by_hand(monkeypatch: pytest.MonkeyPatch) -> None:
     """Hand-built boxes: a crowd (ignored ground truth) absorbing a detection, objects and detections of every
-    area range (the other ranges ignore them), a detection that matches only at low IoU, class 2 absent from
+    area range (the other ranges ignore them), a detection matching at IoU 0.5 and 0.55 only, class 2 absent from
     video 1 and class 1 from video 3 (no ground truth: -1, None). Every draw, repeats included, gives exactly
     COCOeval's numbers on the drawn videos copied; in chunks of one resample too. Video 3 drawn three times,
     by hand: class 2 only, false positive (0.25) above true positive (0.15) three times over, precision
@@ -201,7 +202,7 @@ def test_replicates_equal_cocoeval_on_drawn_videos_by_hand(monkeypatch: pytest.M
         (1, [_box(0, 1, [10, 10, 40, 40]), _box(0, 1, [60, 60, 60, 60], iscrowd=1)],
          [_box(0, 1, [11, 10, 40, 40], score=0.95), _box(0, 1, [70, 70, 30, 30], score=0.85),
           _box(0, 1, [10, 90, 20, 20], score=0.55)]),
-        (1, [_box(0, 1, [5, 5, 20, 20])], [_box(0, 1, [9, 7, 20, 20], score=0.75)]),  # IoU 0.52
+        (1, [_box(0, 1, [5, 5, 20, 20])], [_box(0, 1, [9, 7, 20, 20], score=0.75)]),  # IoU 0.56
         (2, [_box(0, 1, [10, 10, 100, 100]), _box(0, 2, [0, 0, 40, 40])],
          [_box(0, 1, [10, 10, 100, 100], score=0.65), _box(0, 2, [2, 0, 40, 40], score=0.45)]),
         (2, [_box(0, 2, [50, 50, 16, 16])], [_box(0, 2, [51, 51, 16, 16], score=0.35)]),
