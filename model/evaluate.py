@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -351,12 +352,20 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", required=True, type=Path, help="metrics.json")
     ap.add_argument("--results", required=True, type=Path, help="COCO results JSON")
     ap.add_argument("--batch-size", type=int, default=4)
-    ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=None,
+                    help="the job's CPU threads: torch's compute threads, and threads - 1 loader processes beside "
+                         "(default: torch's threads, one loader process)")
+    ap.add_argument("--workers", type=int, default=None, help="loader processes (overrides the one from --threads)")
     ap.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     ap.add_argument("--coco-backend", choices=BACKENDS, default="pycocotools",
                     help="what computes COCO AP (evaluate.coco_backend; the same numbers, model/coco_eval.py)")
     args = ap.parse_args(argv)
     setup_logging()
+    if args.threads is not None:
+        if args.threads < 1:
+            ap.error(f"--threads must be at least 1, got {args.threads}")
+        torch.set_num_threads(min(args.threads, len(os.sched_getaffinity(0))))  # never more than this job's CPUs
+    workers = args.workers if args.workers is not None else 1 if args.threads is None else args.threads - 1
     params = params_from_json(EvaluateParams, args.params, "evaluate")
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     gt = read_ground_truth(args.gt)
@@ -370,7 +379,7 @@ def main(argv: list[str] | None = None) -> None:
     try:  # results stream into a temporary file renamed once scored: a failed run leaves none (nor a new folder)
         with atomic_file(args.results) as streamed:
             with streamed.open("wb") as f, ResultsFile(f, category_ids) as out:
-                predict_split(model, frames, image_ids, params, device, args.batch_size, args.workers, out)
+                predict_split(model, frames, image_ids, params, device, args.batch_size, workers, out)
             log.info("%d detections streamed to %s; scoring them with COCOeval (%s)", out.count, streamed,
                      args.coco_backend)
             results = json.loads(streamed.read_bytes())

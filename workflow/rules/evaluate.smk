@@ -17,7 +17,9 @@ rule evaluate:
         "results/benchmarks/evaluate/{exp}.tsv"
     conda:
         "../../envs/train.yaml"
-    threads: 2
+    # One thread on a CPU-only machine: in the demo the first experiment's evaluation then runs beside the
+    # second's training instead of waiting for both cores; the profiles give it more (workflow/profiles/).
+    threads: 1
     resources:
         mem_mb=4000,
     params:
@@ -29,7 +31,7 @@ rule evaluate:
         "python -m model.evaluate --checkpoint {input.checkpoint:q} --index {input.index:q} --gt {input.gt:q}"
         " --frames {params.frames:q} --flow results/flow --params {params.cfg:q} --experiment {wildcards.exp}"
         " --dataset {params.dataset:q} --out {output.metrics:q} --results {output.results:q}"
-        " --workers {threads} --coco-backend {params.backend} 2> {log:q}"
+        " --threads {threads} --coco-backend {params.backend} 2> {log:q}"
 
 
 rule object_motion:
