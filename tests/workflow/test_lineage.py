@@ -118,12 +118,37 @@ def test_interrupted_training_is_planned_again(tiny_run, tmp_path: Path) -> None
     assert planned_rules(snakemake(work, "-n", *args)) == AFTER_TRAINING
 
 
+
+def affinity_processes(workdir: Path) -> set[int]:
+    """The pids of the running `python -m pipeline.affinity` jobs of the workflow in `workdir`."""
+    pids = set()
+    for entry in Path("/proc").iterdir():
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+            cwd = os.readlink(entry / "cwd")
+        except OSError:  # not a process, or one that ended
+            continue
+        if argv[1:3] == [b"-m", b"pipeline.affinity"] and cwd == str(workdir):
+            pids.add(int(entry.name))
+    return pids
+
+
 @pytest.mark.slow
-def test_interrupted_training_after_an_affinity_edit_is_planned_again(tiny_run, tmp_path: Path) -> None:
-    """affinity.tau_flow edited: the affinity jobs finish, the train jobs are Ctrl-C'd as the first trainer
-    starts (4 steps: no time to lose). The rerun plans training and what follows, not affinity again (evaluate
-    reads no affinity store: without its lineage param its existing inputs are all older than its outputs)."""
-    work = copy_run(tiny_run.work, tmp_path / "run")
+def test_killed_affinity_jobs_are_planned_again(tiny_run, tmp_path: Path) -> None:
+    """affinity.tau_flow edited; both shards' affinity jobs SIGKILLed as they start (the OOM killer's way), after
+    Snakemake deleted their old stores. The rerun plans affinity, training and what follows, not flow (before the
+    lineage params: "Nothing to be done", as final.pt is newer than every existing input of train)."""
+    work = copy_run(tiny_run.work, tmp_path / "run").resolve()
     args = ["--configfile", str(write_tiny(work / "tau.yaml", affinity={"tau_flow": 0.7}))]
-    interrupt_when(work, args, "rank 0 of 1")
-    assert planned_rules(snakemake(work, "-n", *args)) == AFTER_TRAINING
+    run = subprocess.Popen(command(work, "--cores", "2", *args), cwd=work, env=environment(),
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline, killed = time.monotonic() + 300, set()
+    while len(killed) < 2 and run.poll() is None:
+        assert time.monotonic() < deadline, "the affinity jobs never started"
+        for pid in affinity_processes(work) - killed:
+            os.kill(pid, signal.SIGKILL)
+            killed.add(pid)
+        time.sleep(0.01)
+    assert run.wait(timeout=120) != 0 and len(killed) == 2
+    assert not list((work / "results/affinity").glob("shard_*.zarr"))
+    assert planned_rules(snakemake(work, "-n", *args)) == {"affinity", *AFTER_TRAINING}
