@@ -21,6 +21,7 @@ rule affinity:
     params:
         cfg=section("affinity"),
         root=dataset_root(),
+        upstream=lineage("affinity"),
     shell:
         "python -m pipeline.affinity --root {params.root:q} --manifest {input.manifest:q}"
         " --shard {wildcards.k} --flow {input.flow:q} --params {params.cfg:q} --out {output:q}"

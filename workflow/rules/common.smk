@@ -1,6 +1,9 @@
 # Path helpers shared by the rules. The only computation in workflow/ lives here.
+import functools
+import hashlib
 import json
 import math
+import operator
 import os
 
 import pipeline.config
@@ -26,6 +29,99 @@ def inference_section():
         },
         sort_keys=True,
     )
+
+
+# The stages (rules with outputs) and the configuration their jobs depend on: each stage's own config keys (those
+# its params carry; dotted paths, "model" = the model section merged with the overrides of each experiment its job
+# covers) and the stages whose outputs it reads in this config. tests/workflow/test_lineage.py checks the latter
+# against the DAG's rule graph.
+INFERENCE_KEYS = [f"evaluate.{key}" for key in config["evaluate"] if key != "subsets"]
+READS_ANNOTATIONS = [] if config["dataset"]["root"] else ["synthetic"]
+READS_CHECKPOINT = ["gma_checkpoint"] if config["flow"]["estimator"] == "gma" else []
+READS_FLOW_GT = ["synthetic"] if config["flow"]["estimator"] == "gt" else []
+STAGES = {
+    "synthetic": (["dataset.synthetic"], []),
+    "manifest": (["dataset.root"], READS_ANNOTATIONS),
+    "split": (["dataset.root", "split"], READS_ANNOTATIONS),
+    "gma_checkpoint": ([], []),
+    "flow": (["dataset.root", "flow"], ["manifest", *READS_CHECKPOINT, *READS_FLOW_GT]),
+    "flow_quality": (["flow"], ["manifest", "synthetic", *READS_CHECKPOINT]),
+    "affinity": (["dataset.root", "affinity"], ["manifest", "flow"]),
+    "frame_index": (["dataset.root", "flow.shard_size"], ["manifest", "split"]),
+    "train": (
+        ["dataset.root", "model", "train", "flow"],
+        ["frame_index", "split", *READS_ANNOTATIONS, "flow", "affinity"],
+    ),
+    "evaluate": (
+        ["dataset.root", *INFERENCE_KEYS],
+        ["train", "frame_index", "split", "flow"],
+    ),
+    "object_motion": (["evaluate.subsets.ring_px"], ["split", "flow"]),
+    "subset_ap": (
+        ["evaluate.subsets"],
+        ["split", "evaluate", "object_motion", *READS_ANNOTATIONS],
+    ),
+    "tables": (["experiments"], ["evaluate", "subset_ap"]),
+    "figure_tables": ([], ["tables"]),
+    "figure_training_curves": (["experiments"], ["train"]),
+    "figure_flow_quality": ([], ["flow_quality"]),
+    "figure_masks": (
+        ["dataset.root", "experiments"],
+        ["split", "frame_index", "evaluate"],
+    ),
+    "figure_subset_ap": ([], ["subset_ap"]),
+    "figure_flow_axis": (
+        ["experiments", "flow_axis_runs"],
+        ["flow_quality", "split", "evaluate", "subset_ap"],
+    ),
+    "figure_activations": (
+        ["dataset.root", *INFERENCE_KEYS],
+        ["train", "frame_index", "flow"],
+    ),
+}
+
+
+def upstream_stages(stage):
+    """The stages whose outputs `stage` reads, directly or through other stages (STAGES)."""
+    found, todo = set(), list(STAGES[stage][1])
+    while todo:
+        name = todo.pop()
+        if name not in found:
+            found.add(name)
+            todo += STAGES[name][1]
+    return found
+
+
+def config_value(path, experiments):
+    """The config value at dotted `path`; "model": the merged model section of each of `experiments`."""
+    if path == "model":
+        return {
+            exp: pipeline.config.experiment_model(config, exp) for exp in experiments
+        }
+    return functools.reduce(operator.getitem, path.split("."), config)
+
+
+def lineage(stage, experiments=None):
+    """A params function: the sha256 (16 hex digits) of the own config of every stage upstream of `stage`, for
+    the job's experiment (wildcard exp), else `experiments`, else every experiment. An upstream edit changes
+    it, so a rerun after an interrupted upstream job (its output deleted) plans that job again.
+    """
+
+    def digest(wildcards):
+        exp = getattr(wildcards, "exp", None)
+        exps = (
+            [exp]
+            if exp
+            else list(config["experiments"] if experiments is None else experiments)
+        )
+        configs = {
+            name: {path: config_value(path, exps) for path in STAGES[name][0]}
+            for name in upstream_stages(stage)
+        }
+        text = json.dumps(configs, sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    return digest
 
 
 def synthetic_annotations():
@@ -157,16 +253,25 @@ def flow_axis_runs():
     return config.get("flow_axis_runs") or []
 
 
+def flow_axis_experiments():
+    """The experiments the flow-axis figure reads: ours_r50's, then boxinst_r50's if there is one."""
+    return [
+        exp
+        for exp in (experiment_of_row("ours_r50"), experiment_of_row("boxinst_r50"))
+        if exp
+    ]
+
+
 def flow_axis_inputs():
     """The files `model.figures flow-axis` reads: flow quality, split and ours_r50's metrics and subset AP of
     this run and of each run in flow_axis_runs(); boxinst_r50's of this run only (BoxInst reads no flow).
     """
-    ours, boxinst = experiment_of_row("ours_r50"), experiment_of_row("boxinst_r50")
-    files = (
-        [f"results/eval/{boxinst}/{f}" for f in ("metrics.json", "subsets.json")]
-        if boxinst
-        else []
-    )
+    ours, *baseline = flow_axis_experiments()
+    files = [
+        f"results/eval/{exp}/{f}"
+        for exp in baseline
+        for f in ("metrics.json", "subsets.json")
+    ]
     for run in [".", *flow_axis_runs()]:
         files += [
             os.path.normpath(f"{run}/results/{f}")

@@ -32,6 +32,7 @@ rule manifest:
         "../../envs/data.yaml"
     params:
         root=root_of_input,
+        upstream=lineage("manifest"),
     shell:
         "python -m pipeline.manifest --root {params.root:q} --out {output:q} 2> {log:q}"
 
@@ -55,5 +56,6 @@ rule split:
     params:
         cfg=section("split"),
         root=root_of_input,
+        upstream=lineage("split"),
     shell:
         "python -m pipeline.split --root {params.root:q} --params {params.cfg:q} --out-dir results/split 2> {log:q}"

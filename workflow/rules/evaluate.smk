@@ -27,6 +27,7 @@ rule evaluate:
         backend=config["evaluate"]["coco_backend"],
         frames=frames_dir(),
         dataset=config["dataset"]["root"] or "synthetic camouflage",
+        upstream=lineage("evaluate"),
     shell:
         "python -m model.evaluate --checkpoint {input.checkpoint:q} --index {input.index:q} --gt {input.gt:q}"
         " --frames {params.frames:q} --flow results/flow --params {params.cfg:q} --experiment {wildcards.exp}"
@@ -49,6 +50,7 @@ rule object_motion:
         mem_mb=2000,
     params:
         ring_px=config["evaluate"]["subsets"]["ring_px"],
+        upstream=lineage("object_motion"),
     shell:
         "python -m model.object_motion --gt {input.gt:q} --flow {input.flow:q} --ring-px {params.ring_px}"
         " --out {output:q} 2> {log:q}"
@@ -73,6 +75,7 @@ rule subset_ap:
         mem_mb=2000,
     params:
         cfg=section("evaluate", "subsets"),
+        upstream=lineage("subset_ap"),
     shell:
         "python -m model.subsets --gt {input.gt:q} --results {input.results:q} --metrics {input.metrics:q}"
         " --motion {input.motion:q} --camouflage {input.camouflage:q} --params {params.cfg:q} --out {output:q}"
@@ -97,6 +100,7 @@ rule tables:
         "../../envs/train.yaml"
     params:
         experiments=section("experiments"),
+        upstream=lineage("tables"),
     shell:
         "python -m model.tables --experiments {params.experiments:q} --metrics {input.metrics:q}"
         " --subsets {input.subsets:q} --out-dir {output:q} 2> {log:q}"

@@ -42,6 +42,7 @@ rule flow:
         cfg=section("flow"),
         num_videos=num_videos(),
         root=dataset_root(),
+        upstream=lineage("flow"),
     shell:
         "python -m pipeline.flow --root {params.root:q} --manifest {input.manifest:q} --shard {wildcards.k}"
         " --num-videos {params.num_videos} --params {params.cfg:q} --out {output:q}"
@@ -84,6 +85,7 @@ if not config["dataset"]["root"]:
         params:
             cfg=section("flow"),
             root=lambda wildcards, input: os.path.dirname(input.flow_gt),
+            upstream=lineage("flow_quality"),
         shell:
             "python -m pipeline.flow_quality --root {params.root:q} --manifest {input.manifest:q}"
             " --gt-root {params.root:q} --params {params.cfg:q} --out {output:q} --threads {threads} 2> {log:q}"

@@ -25,6 +25,8 @@ rule figure_tables:
         "logs/figures/tables.log",
     conda:
         "../../envs/train.yaml"
+    params:
+        upstream=lineage("figure_tables"),
     shell:
         "python -m model.figures tables --tables {input:q} --out {output:q} 2> {log:q}"
 
@@ -45,6 +47,7 @@ rule figure_training_curves:
         "../../envs/train.yaml"
     params:
         experiments=section("experiments"),
+        upstream=lineage("figure_training_curves"),
     shell:
         "python -m model.figures curves --final {input.final:q} --experiments {params.experiments:q}"
         " --out {output:q} 2> {log:q}"
@@ -66,25 +69,23 @@ if not config["dataset"]["root"]:
             "logs/figures/flow_quality.log",
         conda:
             "../../envs/train.yaml"
+        params:
+            upstream=lineage("figure_flow_quality"),
         shell:
             "python -m model.figures flow-quality --quality {input:q} --out {output:q} 2> {log:q}"
 
 
 if experiment_of_row("boxinst_r50") and experiment_of_row("ours_r50"):
+    # BoxInst's and ours' R-50 experiments, side by side in Fig. 1 and the subset AP comparison
+    PAPER_PAIR = [experiment_of_row(row) for row in ("boxinst_r50", "ours_r50")]
 
     rule figure_masks:
         """Paper Fig. 1: ground truth, BoxInst and ours over a few train_val frames (the evaluated detections)."""
         input:
             gt="results/split/train_val_coco.json",
             index="results/index/train_val.h5",
-            results=[
-                f"results/eval/{experiment_of_row(row)}/coco_results.json"
-                for row in ("boxinst_r50", "ours_r50")
-            ],
-            metrics=[
-                f"results/eval/{experiment_of_row(row)}/metrics.json"
-                for row in ("boxinst_r50", "ours_r50")
-            ],
+            results=[f"results/eval/{exp}/coco_results.json" for exp in PAPER_PAIR],
+            metrics=[f"results/eval/{exp}/metrics.json" for exp in PAPER_PAIR],
         output:
             report(
                 "results/figures/fig1_masks.png",
@@ -98,6 +99,7 @@ if experiment_of_row("boxinst_r50") and experiment_of_row("ours_r50"):
         params:
             frames=frames_dir(),
             experiments=section("experiments"),
+            upstream=lineage("figure_masks", PAPER_PAIR),
         shell:
             "python -m model.figures masks --gt {input.gt:q} --index {input.index:q} --frames {params.frames:q}"
             " --results {input.results:q} --experiments {params.experiments:q} --out {output:q} 2> {log:q}"
@@ -105,10 +107,7 @@ if experiment_of_row("boxinst_r50") and experiment_of_row("ours_r50"):
     rule figure_subset_ap:
         """BoxInst vs Ours mask and box AP per object subset, with bootstrap intervals (rule subset_ap)."""
         input:
-            [
-                f"results/eval/{experiment_of_row(row)}/subsets.json"
-                for row in ("boxinst_r50", "ours_r50")
-            ],
+            [f"results/eval/{exp}/subsets.json" for exp in PAPER_PAIR],
         output:
             report(
                 "results/figures/subset_ap.png",
@@ -119,6 +118,8 @@ if experiment_of_row("boxinst_r50") and experiment_of_row("ours_r50"):
             "logs/figures/subset_ap.log",
         conda:
             "../../envs/train.yaml"
+        params:
+            upstream=lineage("figure_subset_ap", PAPER_PAIR),
         shell:
             "python -m model.figures subsets --subsets {input:q} --out {output:q} 2> {log:q}"
 
@@ -146,6 +147,7 @@ if flow_axis_runs():
             runs=[".", *flow_axis_runs()],
             experiment=experiment_of_row("ours_r50"),
             baseline=experiment_of_row("boxinst_r50") or "",
+            upstream=lineage("figure_flow_axis", flow_axis_experiments()),
         shell:
             "python -m model.figures flow-axis --runs {params.runs:q} --experiment {params.experiment:q}"
             " --baseline {params.baseline:q} --out {output.figure:q} --table {output.table:q} 2> {log:q}"
@@ -172,6 +174,7 @@ if experiment_of_row("ours_r50"):
         params:
             cfg=inference_section(),
             frames=frames_dir(),
+            upstream=lineage("figure_activations", [experiment_of_row("ours_r50")]),
         shell:
             "python -m model.figures activations --checkpoint {input.checkpoint:q} --index {input.index:q}"
             " --frames {params.frames:q} --flow results/flow --params {params.cfg:q} --out {output:q} 2> {log:q}"

@@ -20,6 +20,7 @@ rule frame_index:
     params:
         shard_size=section("flow", "shard_size"),
         root=dataset_root(),
+        upstream=lineage("frame_index"),
     shell:
         "python -m pipeline.index --root {params.root:q} --manifest {input.manifest:q} --split {input.split:q}"
         " --shard-size {params.shard_size} --out {output:q} 2> {log:q}"
@@ -57,6 +58,7 @@ rule train:
         train=section("train"),
         flow=section("flow"),  # kept in final.pt for predict; a flow edit retrains anyway (new stores)
         frames=frames_dir(),
+        upstream=lineage("train"),
     shell:
         "python -m model.launch --gpus {resources.gpu} --threads {threads} --"
         " --model-params {params.model:q} --train-params {params.train:q} --index {input.index:q}"
