@@ -34,7 +34,6 @@ from typing import Any
 import cv2
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from model.data import resized_shape
 from model.evaluate import EvaluateParams, Final, model_from_final, pad_batch, read_final, to_coco_results
@@ -42,6 +41,7 @@ from model.network import Detections, TwoStreamCondInst
 from pipeline.io import atomic_dir, write_bytes_atomic
 from pipeline.flow import FlowParams, PairEstimator, encode_video, make_estimator, video_flow
 from pipeline.io import params_from_json, setup_logging, write_json_atomic
+from pipeline.progress import progress_bar
 from pipeline.ytvis import read_image
 
 log = logging.getLogger("mowis.predict")
@@ -199,7 +199,7 @@ def predict_frames(model: TwoStreamCondInst, frames: Iterator[Frame], estimate: 
                    params: EvaluateParams, device: str, batch_size: int,
                    total: int | None = None) -> Iterator[tuple[Frame, Detections]]:
     """Detections of every frame at its own size, in frame order; flow from `estimate` when not None."""
-    progress = tqdm(total=total, desc="predict", unit="frame", dynamic_ncols=True)
+    progress = progress_bar(total, "predict", unit="frame")
     for chunk, before, after in chunks_with_context(frames, batch_size):
         flows = chunk_flow(chunk, before, after, estimate) if estimate is not None else [None] * len(chunk)
         items = []

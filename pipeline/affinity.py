@@ -44,6 +44,7 @@ from pipeline.io import atomic_dir, params_from_json, setup_logging, write_json_
 from pipeline.shards import videos_of_shard
 from pipeline.stores import stored_frame
 from pipeline.manifest import load_manifest
+from pipeline.progress import progress_bar
 from pipeline.ytvis import Video, YtvisDataset, read_frame
 
 GRID_STRIDE = 4
@@ -450,8 +451,8 @@ def run_shard(root: Path, manifest: Path, shard: int, flow_store: Path, params: 
     set_bits = {"color": 0, "flow": 0}
     cells = 0
     remove_stale_temps(Path(out))                                  # left by a killed earlier run
-    with atomic_dir(out) as tmp, tqdm(total=sum(v.length for v in videos), desc=f"affinity shard {shard}",
-                                      unit="frame") as progress, ThreadPoolExecutor(threads) as pool:
+    with atomic_dir(out) as tmp, progress_bar(sum(v.length for v in videos), f"affinity shard {shard}",
+                                              unit="frame") as progress, ThreadPoolExecutor(threads) as pool:
         group = zarr.open_group(str(tmp), mode="w", zarr_format=3, attributes=attributes)
         for video in videos:
             color, flow = video_masks(dataset, video, flow_group[str(video.id)], flow_store, params, progress, pool)

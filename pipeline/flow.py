@@ -31,7 +31,6 @@ import json
 import os
 import posixpath
 import shutil
-import sys
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
@@ -42,13 +41,13 @@ from typing import Any, Literal, get_args
 import cv2
 import numpy as np
 import zarr
-from tqdm import tqdm
 
 from pipeline.flow_codec import encode_flow
 from pipeline.identity import DIGEST_ATTR, store_digest
 from pipeline.io import atomic_dir, params_from_json, setup_logging, write_json_atomic
 from pipeline.shards import videos_of_shard
 from pipeline.manifest import load_manifest
+from pipeline.progress import progress_bar
 from pipeline.ytvis import FRAMES_DIR, Video, read_frame
 
 EstimatorName = Literal["gma", "raft", "dis", "gt"]
@@ -598,8 +597,8 @@ def write_shard(out: str | os.PathLike, root: str | os.PathLike, videos: Sequenc
         group = zarr.open_group(tmp, mode="w", zarr_format=3)
         pending: list[Future] = []
         upcoming = reader.submit(load, videos[0]) if videos else None
-        for i, video in enumerate(tqdm(videos, desc=f"flow {out.name}", unit="video", disable=not progress,
-                                       file=sys.stderr)):
+        for i, video in enumerate(progress_bar(len(videos), f"flow {out.name}", unit="video", disable=not progress,
+                                               iterable=videos)):
             frames = upcoming.result()
             if i + 1 < len(videos):
                 upcoming = reader.submit(load, videos[i + 1])

@@ -12,16 +12,15 @@ CLI: python -m pipeline.flow_quality --root R --manifest results/manifest.json -
 
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from pipeline.flow import FlowSource, GroundTruthFlow, estimator_cli, estimator_from_args, read_frames
 from pipeline.io import setup_logging, write_json_atomic
 from pipeline.manifest import load_manifest
+from pipeline.progress import progress_bar
 from pipeline.ytvis import Video
 
 OUTLIER_PX = 3.0  # an endpoint error above this counts as an outlier
@@ -64,7 +63,7 @@ def main(argv: list[str] | None = None) -> None:
     truth = GroundTruthFlow(args.gt_root)
     start = time.perf_counter()
     per_video, all_errors = {}, []
-    for video in tqdm(dataset.videos, desc="flow quality", unit="video", file=sys.stderr):
+    for video in progress_bar(len(dataset.videos), "flow quality", unit="video", iterable=dataset.videos):
         errors = score_video(args.root, truth, video, estimate)
         if errors.size:
             per_video[str(video.id)] = summarise(errors)

@@ -65,9 +65,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 from pycocotools import mask as mask_utils
-from tqdm import tqdm
 
 from pipeline.io import atomic_dir, params_from_json, setup_logging, write_json_atomic
+from pipeline.progress import progress_bar
 
 SHAPE_NAMES = ("ellipse", "rectangle", "triangle", "star", "cross", "ring", "crescent", "arrow")
 JPEG_QUALITY = 95
@@ -420,7 +420,7 @@ def write_dataset(params: SyntheticParams, out: str | Path) -> dict:
     """Generate every video into `out` (built in a temporary folder, then renamed); return train.json."""
     videos, annotations, camouflaged_ids = [], [], []
     with atomic_dir(out) as tmp:
-        for video_id in tqdm(range(1, params.videos + 1), desc="synthetic videos", unit="video"):
+        for video_id in progress_bar(params.videos, "synthetic videos", unit="video", iterable=range(1, params.videos + 1)):
             video = generate_video(params, video_id)
             write_video(video, tmp)
             videos.append(video_record(video, video_id))

@@ -37,3 +37,13 @@ def test_rule_runs_and_reruns_on_affinity_edits_only(tiny_run, tmp_path: Path) -
     assert plan(write_tiny(tmp_path / "tau.yaml", affinity={"tau_flow": 0.7})) == {"affinity"}
     assert plan(write_tiny(tmp_path / "flow.yaml", flow={"dis": {"preset": "fast"}})) == {"flow", "affinity"}
     assert plan(write_tiny(tmp_path / "train.yaml", train={"iters": 7})) == set()
+
+
+def test_every_job_log_grows_by_lines(tiny_run) -> None:
+    """Each job's log file (stderr is not a terminal) holds whole lines: progress bars write no carriage
+    returns, so `tail -f` and a SLURM log show one report per line."""
+    logs = sorted((tiny_run.work / "logs").rglob("*.log"))
+    stages = {log.relative_to(tiny_run.work / "logs").parts[0] for log in logs}
+    assert {"synthetic", "flow", "affinity", "flow_quality", "train", "evaluate"} <= stages, stages
+    for log in logs:
+        assert "\r" not in log.read_text(), log
