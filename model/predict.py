@@ -27,13 +27,14 @@ import json
 import logging
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import cv2
 import numpy as np
 import torch
+import yaml
 
 from model.data import resized_shape
 from model.evaluate import EvaluateParams, Final, model_from_final, pad_batch, read_final, to_coco_results
@@ -45,9 +46,8 @@ from pipeline.progress import progress_bar
 from pipeline.ytvis import read_image
 
 log = logging.getLogger("mowis.predict")
-# Inference settings of method §6 besides the sizes (the evaluate section's other keys).
-METHOD_INFERENCE = {"score_thresh": 0.05, "nms_thresh": 0.6, "topk_per_level": 1000, "max_dets": 100,
-                    "mask_thresh": 0.5}
+# The default config, whose evaluate section (method §6) is the fallback when a checkpoint was never evaluated.
+DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "config.yaml"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 # Instance colours of the overlays (RGB), cycled in detection order (highest score first).
 PALETTE = np.array([(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48),
@@ -282,8 +282,11 @@ def inference_params(checkpoint: Path, final: Final) -> tuple[EvaluateParams, st
     if not train.get("min_sizes") or not train.get("max_size"):
         raise ValueError(f"{checkpoint}: no evaluation recorded at {metrics} and no training sizes in the file: "
                          f"pass --params (the evaluate config section as JSON)")
+    defaults = yaml.safe_load(DEFAULT_CONFIG.read_text())["evaluate"]
+    thresholds = {field.name: defaults[field.name] for field in fields(EvaluateParams)}
     sizes = {"min_size": max(train["min_sizes"]), "max_size": train["max_size"]}
-    return EvaluateParams(**sizes, **METHOD_INFERENCE), f"the method's settings at {checkpoint}'s training size"
+    return (EvaluateParams(**{**thresholds, **sizes}),
+            f"the method's settings ({DEFAULT_CONFIG}'s evaluate section) at {checkpoint}'s training size")
 
 
 def run(input_path: Path, checkpoint: Path, params: EvaluateParams | None, flow_params: FlowParams | None,

@@ -10,6 +10,7 @@ import numpy as np
 import pycocotools.mask as mask_utils
 import pytest
 import torch
+import yaml
 
 from model.evaluate import EvaluateParams
 from model.network import ModelParams, TwoStreamCondInst
@@ -19,6 +20,7 @@ from pipeline.io import params_from_json
 
 from damage import damage_frame, leftovers
 
+REPO = Path(__file__).resolve().parents[2]
 TINY_MODEL = Path(__file__).parent / "tiny_model.json"
 EVALUATE = {"min_size": 64, "max_size": 96, "score_thresh": 0.0, "nms_thresh": 0.6, "topk_per_level": 50,
             "max_dets": 5, "mask_thresh": 0.5}
@@ -277,6 +279,9 @@ def test_one_line_predict_on_a_video(inputs: dict[str, Path], tmp_path: Path, ev
     log = capsys.readouterr().err
     source = "results/eval/ours/metrics.json" if evaluated else "the method's settings"
     assert source in log and "min_size=64" in log, log[-2000:]
+    if not evaluated:  # the thresholds are the default config's evaluate section, read from config.yaml
+        defaults = yaml.safe_load((REPO / "config.yaml").read_text())["evaluate"]
+        assert f"nms_thresh={defaults['nms_thresh']}, topk_per_level={defaults['topk_per_level']}" in log, log
     capture = cv2.VideoCapture(str(out / "overlay.mp4"))
     frames = 0
     while capture.read()[0]:
