@@ -50,7 +50,7 @@ STAGES = {
     "frame_index": (["dataset.root", "flow.shard_size"], ["manifest", "split"]),
     "train": (
         ["dataset.root", "model", "train", "flow"],
-        ["frame_index", "split", *READS_ANNOTATIONS, "flow", "affinity"],
+        ["frame_index", "flow", "affinity"],
     ),
     "evaluate": (
         ["dataset.root", *INFERENCE_KEYS],

@@ -31,9 +31,7 @@ rule train:
     one CPU process when it is 0. Checkpoints in results/train/{exp}/checkpoints/ let a rerun resume.
     On a GPU machine: --set-resources train:gpu=8 --set-threads train=64."""
     input:
-        index="results/index/train_train.h5",
-        split="results/split/train_train.json",
-        annotations=annotations(),
+        index="results/index/train_train.h5",  # frames, boxes and classes of train_train (from split)
         flow=flow_stores(),
         affinity=affinity_stores(),
     output:
