@@ -36,6 +36,7 @@ import math
 import os
 import random
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -463,8 +464,12 @@ def train(paths: RunPaths, model_params: dict, params: TrainParams, build_model:
         # same global batch. torch's SyncBatchNorm runs on GPUs only; CPU processes keep per-rank statistics.
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     if ddp:
-        model = DistributedDataParallel(model, device_ids=[local_rank] if use_cuda else None,
-                                        broadcast_buffers=False, gradient_as_bucket_view=True)
+        with warnings.catch_warnings():
+            # torch 2.14 deprecates broadcast_buffers for forward_sync_buffers, which older releases lack; False
+            # is what per-rank BatchNorm statistics need (every rank starts from the same weights and buffers)
+            warnings.filterwarnings("ignore", message="`broadcast_buffers` is deprecated", category=FutureWarning)
+            model = DistributedDataParallel(model, device_ids=[local_rank] if use_cuda else None,
+                                            broadcast_buffers=False, gradient_as_bucket_view=True)
     if params.compile:
         model = torch.compile(model)
 

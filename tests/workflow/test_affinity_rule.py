@@ -41,9 +41,11 @@ def test_rule_runs_and_reruns_on_affinity_edits_only(tiny_run, tmp_path: Path) -
 
 def test_every_job_log_grows_by_lines(tiny_run) -> None:
     """Each job's log file (stderr is not a terminal) holds whole lines: progress bars write no carriage
-    returns, so `tail -f` and a SLURM log show one report per line."""
+    returns, so `tail -f` and a SLURM log show one report per line; and no Python warning from our calls."""
     logs = sorted((tiny_run.work / "logs").rglob("*.log"))
     stages = {log.relative_to(tiny_run.work / "logs").parts[0] for log in logs}
     assert {"synthetic", "flow", "affinity", "flow_quality", "train", "evaluate"} <= stages, stages
     for log in logs:
-        assert "\r" not in log.read_text(), log
+        text = log.read_text()
+        assert "\r" not in text, log
+        assert "Warning: " not in text, (log, [line for line in text.splitlines() if "Warning: " in line])
