@@ -42,14 +42,16 @@ def final_with(final: dict[str, Any], checkpoint: Path) -> dict[str, Any]:
     return {**final, "model": state["model"], "step": state["step"]}
 
 
-def evaluate(run: Path, exp: str, checkpoint: Path, frames: Path, work: Path, threads: int) -> tuple[dict, list]:
-    """model.evaluate of `checkpoint` on the run's train_val frames; (metrics.json, coco_results.json)."""
-    recorded = json.loads((run / f"results/eval/{exp}/metrics.json").read_text())
+def evaluate(run: Path, exp: str, checkpoint: Path, frames: Path, settings: dict, work: Path,
+             threads: int) -> tuple[dict, list]:
+    """model.evaluate of `checkpoint` with evaluate section `settings` on the run's train_val frames;
+    (metrics.json, coco_results.json)."""
     metrics, results = work / "metrics.json", work / "coco_results.json"
     command = [sys.executable, "-m", "model.evaluate", "--checkpoint", str(checkpoint),
-               "--index", str(run / "results/index/train_val.h5"), "--gt", str(run / "results/split/train_val_coco.json"),
+               "--index", str(run / "results/index/train_val.h5"),
+               "--gt", str(run / "results/split/train_val_coco.json"),
                "--frames", str(frames), "--flow", str(run / "results/flow"),
-               "--params", json.dumps(recorded["evaluate_params"]), "--experiment", exp, "--dataset", "checkpoint",
+               "--params", json.dumps(settings), "--experiment", exp, "--dataset", "checkpoint",
                "--out", str(metrics), "--results", str(results), "--threads", str(threads)]
     subprocess.run(command, check=True, cwd=Path(__file__).resolve().parents[1], stderr=subprocess.DEVNULL)
     return json.loads(metrics.read_text()), json.loads(results.read_text())
@@ -69,7 +71,7 @@ def main() -> None:
     frames = args.frames or args.run / "results/synthetic/JPEGImages"
     final = load_torch_file(args.run / f"results/train/{args.exp}/final.pt", "final.pt (model.train)")
     gt = json.loads((args.run / "results/split/train_val_coco.json").read_text())
-    nms = json.loads((args.run / f"results/eval/{args.exp}/metrics.json").read_text())["evaluate_params"]["nms_thresh"]
+    settings = json.loads((args.run / f"results/eval/{args.exp}/metrics.json").read_text())["evaluate_params"]
     rows = []
     print("| step | mask AP | box AP | mask AP, no class | box AP, no class | class accuracy |")
     print("|---:|---:|---:|---:|---:|---:|")
@@ -78,8 +80,8 @@ def main() -> None:
             path = Path(tmp) / "final.pt"
             state = final if checkpoint.name == "final.pt" else final_with(final, checkpoint)
             torch.save(state, path)
-            metrics, results = evaluate(args.run, args.exp, path, frames, Path(tmp), args.threads)
-        diagnosis = score(gt, results, nms)
+            metrics, results = evaluate(args.run, args.exp, path, frames, settings, Path(tmp), args.threads)
+        diagnosis = score(gt, results, settings["nms_thresh"])
         row = {"step": state["step"], "segm": metrics["segm"]["AP"], "bbox": metrics["bbox"]["AP"],
                "segm_agnostic": diagnosis["segm_agnostic"]["AP"], "bbox_agnostic": diagnosis["bbox_agnostic"]["AP"],
                "class_accuracy": 100 * diagnosis["confusion"]["accuracy"]}

@@ -420,7 +420,8 @@ def write_dataset(params: SyntheticParams, out: str | Path) -> dict:
     """Generate every video into `out` (built in a temporary folder, then renamed); return train.json."""
     videos, annotations, camouflaged_ids = [], [], []
     with atomic_dir(out) as tmp:
-        for video_id in progress_bar(params.videos, "synthetic videos", unit="video", iterable=range(1, params.videos + 1)):
+        ids = range(1, params.videos + 1)
+        for video_id in progress_bar(len(ids), "synthetic videos", unit="video", iterable=ids):
             video = generate_video(params, video_id)
             write_video(video, tmp)
             videos.append(video_record(video, video_id))

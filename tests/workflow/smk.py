@@ -104,3 +104,19 @@ def planned_jobs(run: subprocess.CompletedProcess) -> dict[str, int]:
     jobs = {line.split()[0]: int(line.split()[1]) for line in stats if line.strip()}
     jobs.pop("all", None)
     return jobs
+
+
+def module_processes(module: str) -> dict[int, tuple[list[str], str]]:
+    """The running `python -m <module>` processes (a stage's job): {pid: (argv, working directory)}."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = [a.decode(errors="replace") for a in (entry / "cmdline").read_bytes().split(b"\0")[:-1]]
+            cwd = os.readlink(entry / "cwd")
+        except OSError:  # a process that ended meanwhile
+            continue
+        if argv[1:3] == ["-m", module]:
+            found[int(entry.name)] = (argv, cwd)
+    return found

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.shards import videos_of_shard
-from smk import REPO, command, environment, snakemake
+from smk import REPO, command, environment, module_processes, snakemake
 
 SHARDS = 3
 SHARD_SIZE = 3
@@ -43,17 +43,9 @@ def cpu_only() -> dict[str, str]:
 
 def flow_process(shard: int) -> int | None:
     """The pid of a running `python -m pipeline.flow ... --shard <shard>` process, if there is one."""
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            argv = (entry / "cmdline").read_bytes().split(b"\0")[:-1]
-        except OSError:
-            continue
-        args = [a.decode(errors="replace") for a in argv]
-        if args[1:3] == ["-m", "pipeline.flow"] and any(
-                args[i:i + 2] == ["--shard", str(shard)] for i in range(len(args) - 1)):
-            return int(entry.name)
+    for pid, (args, _) in module_processes("pipeline.flow").items():
+        if any(args[i:i + 2] == ["--shard", str(shard)] for i in range(len(args) - 1)):
+            return pid
     return None
 
 

@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 
 from pipeline.config import checked_config, load_schema
-from smk import AFTER_TRAINING, REPO, command, copy_run, environment, planned_rules, snakemake, write_tiny
+from smk import (AFTER_TRAINING, REPO, command, copy_run, environment, module_processes, planned_rules, snakemake,
+                 write_tiny)
 from tiny_ytvis import write_tiny_ytvis
 
 AGGREGATES = {"all", "figures"}  # rules without outputs: targets only, no params
@@ -118,21 +119,6 @@ def test_interrupted_training_is_planned_again(tiny_run, tmp_path: Path) -> None
     assert planned_rules(snakemake(work, "-n", *args)) == AFTER_TRAINING
 
 
-
-def affinity_processes(workdir: Path) -> set[int]:
-    """The pids of the running `python -m pipeline.affinity` jobs of the workflow in `workdir`."""
-    pids = set()
-    for entry in Path("/proc").iterdir():
-        try:
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
-            cwd = os.readlink(entry / "cwd")
-        except OSError:  # not a process, or one that ended
-            continue
-        if argv[1:3] == [b"-m", b"pipeline.affinity"] and cwd == str(workdir):
-            pids.add(int(entry.name))
-    return pids
-
-
 @pytest.mark.slow
 def test_killed_affinity_jobs_are_planned_again(tiny_run, tmp_path: Path) -> None:
     """affinity.tau_flow edited; both shards' affinity jobs SIGKILLed as they start (the OOM killer's way), after
@@ -145,7 +131,8 @@ def test_killed_affinity_jobs_are_planned_again(tiny_run, tmp_path: Path) -> Non
     deadline, killed = time.monotonic() + 300, set()
     while len(killed) < 2 and run.poll() is None:
         assert time.monotonic() < deadline, "the affinity jobs never started"
-        for pid in affinity_processes(work) - killed:
+        jobs = {pid for pid, (_, cwd) in module_processes("pipeline.affinity").items() if cwd == str(work)}
+        for pid in jobs - killed:
             os.kill(pid, signal.SIGKILL)
             killed.add(pid)
         time.sleep(0.01)
